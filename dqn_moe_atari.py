@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+import ale_py
 import gymnasium as gym
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
+gym.register_envs(ale_py)
 
 @dataclass
 class Args:
@@ -156,9 +158,6 @@ def fail(message: str):
 # ============================================================================================
 def resolve_env_id(name: str) -> str:
     """`Pong` -> `ALE/Pong-v5`; a registered gymnasium id is kept; anything else fails clearly."""
-    import ale_py
-
-    gym.register_envs(ale_py)
     if name in gym.registry:
         return name
     candidate = f"ALE/{name}-v5"
@@ -233,11 +232,15 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x):
         (h0, h1), (w0, w1) = (same_padding(s, self.kernel_size[0], self.stride[0]) for s in x.shape[-2:])
+        if (h0, w0) == (h1, w1):  # symmetric: the convolution pads by itself (no extra kernel)
+            return F.conv2d(x, self.weight, self.bias, self.stride, (h0, w0))
         return super().forward(F.pad(x, (w0, w1, h0, h1)))
 
 
 def max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
     (h0, h1), (w0, w1) = (same_padding(s, kernel, stride) for s in x.shape[-2:])
+    if (h0, w0) == (h1, w1):
+        return F.max_pool2d(x, kernel, stride, padding=(h0, w0))  # pads with -inf
     return F.max_pool2d(F.pad(x, (w0, w1, h0, h1), value=float("-inf")), kernel, stride)
 
 
@@ -412,10 +415,11 @@ class Top1MoE(nn.Module):
         noisy = logits + torch.randn_like(logits) / self.num_experts if self.router_noise else logits
         probs = noisy.softmax(dim=-1)
         gate, choice = probs.max(dim=-1)  # (B, m)
-        onehot = F.one_hot(choice, self.num_experts)  # (B, m, E)
+        experts = torch.arange(self.num_experts, device=x.device)
+        onehot = (choice.unsqueeze(-1) == experts).long()  # (B, m, E); F.one_hot would sync the host
         position = onehot.cumsum(dim=1) - 1  # place of each token in its expert's queue
-        slot = F.one_hot(position.clamp(0, self.capacity - 1), self.capacity)  # (B, m, E, C)
-        dispatch = (slot * (onehot * (position < self.capacity)).unsqueeze(-1)).to(x.dtype)
+        slot = position.unsqueeze(-1) == torch.arange(self.capacity, device=x.device)  # (B, m, E, C)
+        dispatch = (slot & onehot.bool().unsqueeze(-1)).to(x.dtype)  # overflow tokens match no slot
         expert_in = torch.einsum("bmec,bmd->becd", dispatch, x)
         out, hidden = self.experts(expert_in)
         y = torch.einsum("bmec,becd->bmd", dispatch, out) * gate.unsqueeze(-1).to(out.dtype)
@@ -594,10 +598,11 @@ class FrameReplay:
         self.final = torch.zeros(capacity, dtype=torch.bool, device=dev)  # row holds an episode's final frame
         self.ep_pos = torch.zeros(capacity, dtype=torch.int32, device=dev)  # index of the row in its episode
         self.fields = ("frames", "actions", "rewards", "terminated", "final", "ep_pos")
-        # host staging, pinned so the copy to the GPU is asynchronous
+        # host staging, pinned so the copy to the GPU is asynchronous; written through numpy views
         pin = dev.type == "cuda"
         self.staged = {f: torch.zeros((stage_rows, *getattr(self, f).shape[1:]), dtype=getattr(self, f).dtype,
                                       pin_memory=pin) for f in self.fields}
+        self.staged_np = {f: t.numpy() for f, t in self.staged.items()}
         self.num_staged, self.added = 0, 0  # rows staged on the host; rows written to the device
         self.episode_step = 0
         self.copy_done = torch.cuda.Event() if pin else None
@@ -616,13 +621,13 @@ class FrameReplay:
             self.flush()
         if self.copy_done is not None and self.num_staged == 0:
             self.copy_done.synchronize()  # the last copy out of the staging area is over
-        i = self.num_staged
-        self.staged["frames"][i] = torch.from_numpy(np.asarray(frame))
-        self.staged["actions"][i] = action
-        self.staged["rewards"][i] = reward
-        self.staged["terminated"][i] = terminated
-        self.staged["final"][i] = final
-        self.staged["ep_pos"][i] = self.episode_step
+        i, st = self.num_staged, self.staged_np
+        st["frames"][i] = frame
+        st["actions"][i] = action
+        st["rewards"][i] = reward
+        st["terminated"][i] = terminated
+        st["final"][i] = final
+        st["ep_pos"][i] = self.episode_step
         self.num_staged += 1
 
     def add(self, frame, action: int, reward: float, terminated: bool) -> None:
@@ -902,6 +907,13 @@ def check_resume_flags(saved: dict, args) -> None:
         if (list(old) if isinstance(old, (list, tuple)) else old) != (list(value) if isinstance(value, (list, tuple)) else value):
             flag = "--" + key.replace("_", "-")
             fail(f"the run to resume was started with {flag} {old}, not {value}: pass the run's own flags to --resume")
+# ---- end block: checkpoint ----
+
+
+# ---- block: speed ----
+def memory_format(device) -> torch.memory_format:
+    """Channels-last convolutions are faster on the GPU (benchmark/RESULTS.md); same maths."""
+    return torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
 
 
 class CapturedStep:
@@ -931,7 +943,34 @@ class CapturedStep:
                 self.out = self.fn()
         self.graph.replay()
         return self.out
-# ---- end block: checkpoint ----
+
+
+class SideStream:
+    """`with side:` runs work on a second CUDA stream that starts after the work queued so far;
+    `side.join(t)` makes the main stream wait for it and returns `t`, safe to use there. Small
+    networks leave most of the GPU idle, so two independent passes overlap (inside CUDA graphs
+    too). On the CPU both are no-ops."""
+
+    def __init__(self, device):
+        self.stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
+
+    def __enter__(self):
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            self._ctx = torch.cuda.stream(self.stream)
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.stream is not None:
+            self._ctx.__exit__(*exc)
+
+    def join(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.stream is not None:
+            torch.cuda.current_stream().wait_stream(self.stream)
+            tensor.record_stream(torch.cuda.current_stream())
+        return tensor
+# ---- end block: speed ----
 
 
 # ============================================================================================
@@ -961,20 +1000,25 @@ class QNetwork(nn.Module):
 
 def linearly_decaying_epsilon(step: int, warmup: int, decay: int, final: float) -> float:
     """Dopamine's schedule: 1 during the first `warmup` steps, then linear down to `final`."""
-    return final + float(np.clip((1.0 - final) * (decay + warmup - step) / decay, 0.0, 1.0 - final))
+    return final + min(max((1.0 - final) * (decay + warmup - step) / decay, 0.0), 1.0 - final)
 
 
-def td_loss(args: Args, q_net: QNetwork, target_net: QNetwork, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """DQN loss: Q(s, a) against r + gamma^n max_a' Q_target(s', a') (no double DQN in the
-    official agent), MSE by default; plus the Top1 auxiliary losses when weighted."""
+def td_target(target_net: QNetwork, batch: dict) -> torch.Tensor:
+    """r + gamma^n max_a' Q_target(s', a'), 0 bootstrap after a terminal (no double DQN in the
+    official DQN agent)."""
+    with torch.no_grad():
+        return batch["return"] + batch["discount"] * target_net(batch["next_obs"]).max(dim=1).values
+
+
+def td_loss(args: Args, q_net: QNetwork, batch: dict, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DQN loss: Q(s, a) against the target, MSE by default; plus the Top1 auxiliary losses when
+    weighted. Returns (loss to minimise, TD loss)."""
     need_router = args.moe == "top1" and (args.importance_loss_weight > 0 or args.load_loss_weight > 0)
     if need_router:
         q, _, aux = q_net(batch["obs"], with_aux=True)
     else:
         q = q_net(batch["obs"])
     q_taken = q.gather(1, batch["action"].unsqueeze(1)).squeeze(1)
-    with torch.no_grad():
-        target = batch["return"] + batch["discount"] * target_net(batch["next_obs"]).max(dim=1).values
     if args.loss == "mse":
         loss = (q_taken - target).pow(2).mean()
     else:
@@ -986,6 +1030,35 @@ def td_loss(args: Args, q_net: QNetwork, target_net: QNetwork, batch: dict) -> t
         if args.load_loss_weight > 0:
             total = total + args.load_loss_weight * load_loss(aux["logits"], 1.0 / args.num_experts)
     return total, loss
+
+
+def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameReplay) -> CapturedStep:
+    """One gradient update: sample a batch on the device, loss, backward, Adam. No host
+    synchronisation, so it can be compiled and captured whole; returns the TD loss (a tensor)."""
+
+    beside = SideStream(replay.device)
+
+    def update():
+        batch = replay.sample(args.batch_size)
+        with beside:  # the target network's pass does not wait for the online one
+            target = td_target(target_net, batch)
+        total, loss = td_loss(args, q_net, batch, beside.join(target))
+        optimizer.zero_grad(set_to_none=False)
+        total.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return CapturedStep(torch.compile(update) if args.compile else update, args.cudagraphs)
+
+
+def make_act_step(args: Args, q_net, act_input: torch.Tensor) -> CapturedStep:
+    """The greedy action for the frame stack held in `act_input` (1, 4, 84, 84)."""
+
+    @torch.no_grad()
+    def greedy_action():
+        return q_net(act_input).argmax(dim=1)
+
+    return CapturedStep(torch.compile(greedy_action) if args.compile else greedy_action, args.cudagraphs)
 
 
 def validate_args(args: Args) -> None:
@@ -1042,6 +1115,7 @@ def main(args: Args) -> str:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.backends.cudnn.benchmark = not args.torch_deterministic
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -1064,7 +1138,7 @@ def main(args: Args) -> str:
     env = make_env(env_id, args.seed, args.sticky_actions, args.max_episode_frames,
                    os.path.join(run_dir, "videos") if args.capture_video else None)
     num_actions = env.action_space.n
-    q_net = QNetwork(args, num_actions).to(device)
+    q_net = QNetwork(args, num_actions).to(device, memory_format=memory_format(device))
     target_net = copy.deepcopy(q_net).requires_grad_(False)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps,
                                  capturable=args.cudagraphs)
@@ -1103,25 +1177,9 @@ def main(args: Args) -> str:
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**dataclasses.asdict(args), "env_id": env_id, "num_actions": int(num_actions)}, f, indent=1)
 
-    # --- the two hot functions, optionally compiled and captured ---
-    def update():
-        batch = replay.sample(args.batch_size)
-        total, loss = td_loss(args, q_net, target_net, batch)
-        optimizer.zero_grad(set_to_none=False)
-        total.backward()
-        optimizer.step()
-        return loss.detach()
-
+    update_step = make_update_step(args, q_net, target_net, optimizer, replay)
     act_input = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, device=device)
-
-    @torch.no_grad()
-    def greedy_action():
-        return q_net(act_input).argmax(dim=1)
-
-    if args.compile:
-        update, greedy_action = torch.compile(update), torch.compile(greedy_action)
-    update_step = CapturedStep(update, args.cudagraphs)
-    act_step = CapturedStep(greedy_action, args.cudagraphs)
+    act_step = make_act_step(args, q_net, act_input)
     act_host = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, pin_memory=device.type == "cuda")
 
     def checkpoint_state() -> dict:
@@ -1154,10 +1212,10 @@ def main(args: Args) -> str:
             act_input.copy_(act_host, non_blocking=True)
             action = int(act_step().item())
         obs, reward, terminated, truncated, _ = env.step(action)
-        replay.add(obs_stack[-1], action, float(np.clip(reward, -1.0, 1.0)), bool(terminated))
+        replay.add(obs_stack[-1], action, max(-1.0, min(1.0, float(reward))), bool(terminated))  # clipped
         episode_return += float(reward)
         episode_length += 1
-        obs_stack = np.roll(obs_stack, -1, axis=0)
+        obs_stack[:-1] = obs_stack[1:]
         obs_stack[-1] = obs
         if terminated or truncated:
             replay.add_final(obs)

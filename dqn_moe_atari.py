@@ -943,33 +943,6 @@ class CapturedStep:
                 self.out = self.fn()
         self.graph.replay()
         return self.out
-
-
-class SideStream:
-    """`with side:` runs work on a second CUDA stream that starts after the work queued so far;
-    `side.join(t)` makes the main stream wait for it and returns `t`, safe to use there. Small
-    networks leave most of the GPU idle, so two independent passes overlap (inside CUDA graphs
-    too). On the CPU both are no-ops."""
-
-    def __init__(self, device):
-        self.stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
-
-    def __enter__(self):
-        if self.stream is not None:
-            self.stream.wait_stream(torch.cuda.current_stream())
-            self._ctx = torch.cuda.stream(self.stream)
-            self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.stream is not None:
-            self._ctx.__exit__(*exc)
-
-    def join(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.stream is not None:
-            torch.cuda.current_stream().wait_stream(self.stream)
-            tensor.record_stream(torch.cuda.current_stream())
-        return tensor
 # ---- end block: speed ----
 
 
@@ -1036,13 +1009,9 @@ def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameRepl
     """One gradient update: sample a batch on the device, loss, backward, Adam. No host
     synchronisation, so it can be compiled and captured whole; returns the TD loss (a tensor)."""
 
-    beside = SideStream(replay.device)
-
     def update():
         batch = replay.sample(args.batch_size)
-        with beside:  # the target network's pass does not wait for the online one
-            target = td_target(target_net, batch)
-        total, loss = td_loss(args, q_net, batch, beside.join(target))
+        total, loss = td_loss(args, q_net, batch, td_target(target_net, batch))
         optimizer.zero_grad(set_to_none=False)
         total.backward()
         optimizer.step()
@@ -1262,6 +1231,7 @@ def main(args: Args) -> str:
                       "episode_return": float(np.mean(iteration_returns)) if iteration_returns else float("nan"),
                       "episodes": len(iteration_returns),
                       "sps": (step - iteration_start[0]) / max(time.time() - iteration_start[1], 1e-9)}
+            replay.flush()
             if replay.can_sample():
                 with torch.no_grad():
                     q, features, aux = q_net(replay.sample(args.batch_size)["obs"], with_aux=True)

@@ -24,7 +24,6 @@ VARIANTS = {
     "cudnn_benchmark": dict(deterministic=False),
     "channels_last": dict(deterministic=False, channels_last=True),
     "channels_last_bf16": dict(deterministic=False, channels_last=True, bf16=True),
-    "channels_last_side_stream": dict(deterministic=False, channels_last=True, side_stream=True),
 }
 
 
@@ -40,14 +39,11 @@ def build(config: str, variant: dict, device):
     opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, capturable=True)
     replay = filled_replay(args, device, rows=20_000)
     cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if variant.get("bf16") else contextlib.nullcontext
-    beside = dqn.SideStream(device if variant.get("side_stream") else "cpu")
 
     def update():
         with cast():
             batch = replay.sample(args.batch_size)
-            with beside:
-                q_target = dqn.td_target(target, batch)
-            total, loss = dqn.td_loss(args, q_net, batch, beside.join(q_target))
+            total, loss = dqn.td_loss(args, q_net, batch, dqn.td_target(target, batch))
         opt.zero_grad(set_to_none=False)
         total.backward()
         opt.step()

@@ -1,0 +1,168 @@
+"""dqn_moe_atari.py as a user runs it: real ALE games on the CPU, tiny networks, few steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "dqn_moe_atari.py")
+TINY = ["--env-id", "Pong", "--impala-channels", "4", "8", "8", "--expert-hidden", "16", "--num-experts", "4",
+        "--batch-size", "8", "--buffer-size", "2000", "--min-replay-history", "100", "--iteration-steps", "200",
+        "--target-update-period", "40", "--log-every", "50", "--device", "cpu"]
+
+
+def run(args, tmp_path, timeout=300, env=None):
+    return subprocess.run([sys.executable, SCRIPT, *args, "--runs-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def only_run_dir(runs_dir):
+    (name,) = [d for d in os.listdir(runs_dir) if os.path.isdir(os.path.join(runs_dir, d))]
+    return os.path.join(runs_dir, name)
+
+
+def records(run_dir):
+    with open(os.path.join(run_dir, "summary.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def checkpoint(run_dir):
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in last, last
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """400 agent steps of Soft MoE DQN on Pong: 100 of random acting, then learning."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = run([*TINY, "--total-frames", "1600"], runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return only_run_dir(runs)
+
+
+def test_end_to_end_run_writes_its_outputs(finished_run):
+    recs = records(finished_run)
+    iterations, final = recs[:-1], recs[-1]
+    assert [r["iteration"] for r in iterations] == [0, 1] and [r["step"] for r in iterations] == [200, 400]
+    assert final["final"] and final["step"] == 400 and final["game"] == "Pong"
+    for key in ("dormant_official_pct", "dormant_fraction", "feature_norm", "srank", "srank_official",
+                "combine_entropy", "expert_load/0", "expert_load/3"):
+        assert key in iterations[-1], key
+    loads = [iterations[-1][f"expert_load/{i}"] for i in range(4)]
+    assert abs(sum(loads) - 1) < 1e-4  # combine weights of every token sum to one over the experts
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(finished_run))
+    with open(os.path.join(finished_run, "config.json")) as f:
+        assert json.load(f)["env_id"] == "ALE/Pong-v5"
+    ckpt = checkpoint(finished_run)
+    # one replay row per agent step, plus one holding the final frame of each finished episode
+    assert ckpt["loop"]["step"] == 400 and ckpt["replay"]["added"] == 400 + sum(r["episodes"] for r in iterations)
+    assert all(torch.isfinite(p).all() for p in ckpt["q_net"].values())
+
+
+def test_other_flags_run(tmp_path):
+    """Nature CNN, Top1 with noisy routing and both auxiliary losses, 3-step returns, replay ratio 2."""
+    args = [*TINY, "--total-frames", "600", "--encoder", "nature", "--moe", "top1", "--router-noise",
+            "--importance-loss-weight", "1", "--load-loss-weight", "1", "--n-step", "3", "--replay-ratio", "2",
+            "--tokenizer", "feat", "--loss", "huber"]
+    proc = run(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = records(only_run_dir(tmp_path))[0]
+    assert "dropped_tokens" in rec and "router_entropy" in rec
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    """Kill a run (SIGKILL) at some moment after its first checkpoint; resuming it gives exactly
+    the networks, optimiser, replay and scores of the run that was never interrupted."""
+    flags = [*TINY, "--total-frames", "2000", "--checkpoint-every", "150"]
+    whole = run(flags, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    (tmp_path / "killed").mkdir()
+    proc = subprocess.Popen([sys.executable, SCRIPT, *flags, "--runs-dir", str(tmp_path / "killed")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        dirs = os.listdir(tmp_path / "killed")
+        if dirs and os.path.exists(tmp_path / "killed" / dirs[0] / "checkpoint.pt"):
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # somewhere between checkpoints, or inside one
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_dir = only_run_dir(tmp_path / "killed")
+    assert checkpoint(killed_dir)["loop"]["step"] < 500, "the kill came too late to test anything"
+    resumed = run([*flags, "--resume", killed_dir], tmp_path / "unused")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = checkpoint(only_run_dir(tmp_path / "whole")), checkpoint(killed_dir)
+    for part in ("q_net", "target_net"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    for k in ("frames", "actions", "rewards", "terminated", "final", "ep_pos"):
+        assert torch.equal(a["replay"][k], b["replay"][k]), k
+    drop = lambda r: {k: v for k, v in r.items() if k != "sps"}  # noqa: E731
+    assert [drop(r) for r in records(only_run_dir(tmp_path / "whole"))] == [drop(r) for r in records(killed_dir)]
+
+
+def test_unknown_game(tmp_path):
+    assert_one_line_error(run(["--env-id", "Pongg"], tmp_path), "unknown game 'Pongg'", "Pong")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--num-experts", "0"], "--num-experts must be at least 1"),
+    (["--moe-variant", "big", "--tokenizer", "feat"], "--moe-variant big"),
+    (["--moe-variant", "all", "--moe", "top1"], "use --moe soft"),
+    (["--moe", "soft", "--scale-hidden"], "--scale-hidden"),
+    (["--moe", "none", "--random-phi"], "--random-phi"),
+    (["--replay-ratio", "0.3"], "--replay-ratio"),
+    (["--encoder", "nature", "--filter-size", "5"], "--filter-size"),
+])
+def test_flags_that_cannot_work(tmp_path, flags, needle):
+    assert_one_line_error(run(flags, tmp_path, timeout=60), needle)
+
+
+def test_resume_with_other_flags_is_refused(finished_run, tmp_path):
+    proc = run([*TINY, "--total-frames", "2000", "--resume", finished_run, "--num-experts", "8"], tmp_path)
+    assert_one_line_error(proc, "--num-experts 4, not 8")
+
+
+def test_corrupt_checkpoint_is_refused(finished_run, tmp_path):
+    bad = tmp_path / "bad_run"
+    bad.mkdir()
+    data = open(os.path.join(finished_run, "checkpoint.pt"), "rb").read()
+    (bad / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run([*TINY, "--resume", str(bad)], tmp_path), "corrupt")
+    assert_one_line_error(run([*TINY, "--resume", str(tmp_path / "nowhere")], tmp_path), "no checkpoint")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    proc = run([*TINY, "--total-frames", "2000", "--learning-rate", "1e30", "--checkpoint-every", "100"], tmp_path)
+    assert_one_line_error(proc, "NaN", "checkpoint")
+    ckpt = checkpoint(only_run_dir(tmp_path))
+    assert ckpt["loop"]["step"] == 100
+    assert all(torch.isfinite(p).all() for p in ckpt["q_net"].values())
+
+
+def test_wandb_offline_and_video(tmp_path):
+    proc = run([*TINY, "--total-frames", "4000", "--min-replay-history", "5000", "--track", "--capture-video"],
+               tmp_path, env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    assert os.path.isdir(os.path.join(run_dir, "wandb"))
+    assert any(f.endswith(".mp4") for f in os.listdir(os.path.join(run_dir, "videos")))

@@ -676,7 +676,8 @@ class FrameReplay:
         ok = ~self.final[cand % self.capacity]
         first_ok = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
         rows = cand.gather(1, first_ok).squeeze(1)
-        return torch.where(ok.any(dim=1), rows, rows - 1)  # the row before a final row is a step
+        # all candidates final (~(1/episode length)^4): a neighbour of a final row is a step
+        return torch.where(ok.any(dim=1), rows, torch.where(rows > lo, rows - 1, rows + 1))
 
     def stack_at(self, rows: torch.Tensor) -> torch.Tensor:
         """The frame stacks (B, stack, H, W) whose newest frame is row `rows` (oldest first)."""
@@ -911,6 +912,16 @@ def check_resume_flags(saved: dict, args) -> None:
 
 
 # ---- block: speed ----
+def configure_backends(device, deterministic: bool) -> None:
+    """Deterministic cudnn kernels, or let cudnn time its kernels and keep the fastest (a few %
+    faster on the GPU); TF32 matrix units for float32 matmuls and convolutions on the GPU."""
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def memory_format(device) -> torch.memory_format:
     """Channels-last convolutions are faster on the GPU (benchmark/RESULTS.md); same maths."""
     return torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
@@ -1083,11 +1094,7 @@ def main(args: Args) -> str:
     env_id = resolve_env_id(args.env_id)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.backends.cudnn.benchmark = not args.torch_deterministic
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_backends(device, args.torch_deterministic)
 
     checkpoint = None
     if args.resume:

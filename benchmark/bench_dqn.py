@@ -24,6 +24,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dqn_moe_atari as dqn  # noqa: E402
 
 CONFIGS = {"baseline": dict(moe="none"), "softmoe8": dict(moe="soft", num_experts=8)}
+MODES = {  # flags of each execution mode; none changes the algorithm
+    "eager": dict(),
+    "cudagraphs": dict(cudagraphs=True),
+    "cudagraphs_nondet": dict(cudagraphs=True, torch_deterministic=False),
+    "compile_cudagraphs_nondet": dict(cudagraphs=True, compile=True, torch_deterministic=False),
+}
 
 
 def timed(fn, device, repeats: int) -> list[float]:
@@ -59,6 +65,7 @@ def filled_replay(args, device, rows: int) -> dqn.FrameReplay:
 
 def update_and_act_latency(args, device, repeats: int) -> dict:
     torch.manual_seed(0)
+    dqn.configure_backends(device, args.torch_deterministic)
     q_net = dqn.QNetwork(args, 6).to(device, memory_format=dqn.memory_format(device))
     target = dqn.QNetwork(args, 6).to(device, memory_format=dqn.memory_format(device)).requires_grad_(False)
     opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, capturable=args.cudagraphs)
@@ -106,7 +113,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--warmup-steps", type=int, default=5_000)
     parser.add_argument("--train-steps", type=int, default=20_000)
-    parser.add_argument("--modes", default="eager,cudagraphs")
+    parser.add_argument("--modes", default="eager,cudagraphs,cudagraphs_nondet", help=f"of {','.join(MODES)}")
+    parser.add_argument("--train-modes", default="eager,cudagraphs,cudagraphs_nondet", help="modes that also run a training segment")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--no-training", action="store_true", help="skip the training segments")
     opts = parser.parse_args()
@@ -120,11 +128,11 @@ def main():
     print(f"device {results['device']}, torch {results['torch']}; Pong env alone: {results['env_steps_per_s']:.0f} steps/s", flush=True)
     for name in opts.configs.split(","):
         for mode in opts.modes.split(","):
-            if mode == "cudagraphs" and device.type != "cuda":
+            if MODES[mode].get("cudagraphs") and device.type != "cuda":
                 continue
-            args = dqn.Args(**base, **CONFIGS[name], cudagraphs=mode == "cudagraphs", compile=mode == "compile")
+            args = dqn.Args(**base, **CONFIGS[name], **MODES[mode])
             row = {"config": name, "mode": mode, **update_and_act_latency(args, device, opts.repeats)}
-            if not opts.no_training:
+            if not opts.no_training and mode in opts.train_modes.split(","):
                 row["train_sps"] = training_sps(args, opts.warmup_steps, opts.train_steps)
             results["runs"].append(row)
             print(json.dumps(row), flush=True)

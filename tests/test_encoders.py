@@ -121,7 +121,7 @@ def test_same_conv_matches_tf_reference(h, w, k, s):
         ref = F.conv2d(F.pad(x, (l, r, t, b)), conv.weight, conv.bias, stride=s)
         y = conv(x)
     assert y.shape == (2, 5, -(-h // s), -(-w // s))
-    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)  # conv algorithms may differ in the last bits
 
 
 @pytest.mark.parametrize("filter_size", [3, 4, 6])

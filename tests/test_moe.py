@@ -356,7 +356,7 @@ CONFIGS = (
 )
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_forward_backward(cfg):
     """Each tokenizer x MoE kind x variant: Q-values of shape (2, 6), finite, and the gradient
     reaches the routing parameters (phi of every Soft MoE, the Top1 router) and the experts."""

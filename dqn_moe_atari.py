@@ -4,8 +4,9 @@ Reproduces the DQN agent of "Mixtures of Experts Unlock Parameter Scaling for De
 (Obando-Ceron et al., ICML 2024), section 4 and appendix B table 2: the penultimate dense layer
 of the Q-network becomes a Soft MoE or a Top1-MoE (figure 2), on the Dopamine Atari protocol
 (sticky actions, 200M frames, scores = returns of the training episodes). Details the paper
-leaves open follow the official code, google/dopamine `labs/moes` (configs `dqn.gin`,
-`dqn_impala.gin`, agent `dqn_moe_agent.py`).
+leaves open follow the official code, google/dopamine `labs/moes` (agent `dqn_moe_agent.py`,
+configs `dqn_impala.gin`, the default here since the paper's main results use the Impala
+encoder, and `dqn.gin`, the Nature CNN: `--encoder nature`).
 
     python dqn_moe_atari.py --env-id Pong --moe soft --num-experts 8
     python dqn_moe_atari.py --env-id Pong --moe none --scale-hidden --num-experts 8   # scaled baseline
@@ -159,6 +160,8 @@ def fail(message: str):
 def resolve_env_id(name: str) -> str:
     """`Pong` -> `ALE/Pong-v5`; a registered gymnasium id is kept; anything else fails clearly."""
     if name in gym.registry:
+        if "ale_py" not in str(gym.registry[name].entry_point):
+            fail(f"--env-id {name} is not an Atari game: this agent runs ALE games (e.g. Pong, ALE/Breakout-v5)")
         return name
     candidate = f"ALE/{name}-v5"
     if candidate in gym.registry:
@@ -172,16 +175,15 @@ def resolve_env_id(name: str) -> str:
 def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: int, video_dir: Optional[str] = None):
     """One Atari environment with Dopamine's preprocessing: frame skip 4 with a max over the last
     two frames, grayscale 84x84, no no-op starts, no life-loss terminals (frames are stacked by
-    the agent and the replay, not here)."""
+    the agent and the replay, not here). Any ALE id (v5, v4, NoFrameskip) gets this protocol."""
     kwargs = dict(render_mode="rgb_array") if video_dir else {}
-    if env_id.startswith("ALE/"):
-        kwargs.update(
-            frameskip=1,
-            repeat_action_probability=0.25 if sticky_actions else 0.0,
-            full_action_space=False,
-            max_num_frames_per_episode=max_episode_frames,
-        )
-    env = gym.make(env_id, **kwargs)
+    kwargs.update(
+        frameskip=1,
+        repeat_action_probability=0.25 if sticky_actions else 0.0,
+        full_action_space=False,
+        max_num_frames_per_episode=max_episode_frames,
+    )
+    env = gym.make(env_id, max_episode_steps=max_episode_frames, **kwargs)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, disable_logger=True)
     env = gym.wrappers.AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
@@ -209,6 +211,14 @@ def lecun_normal_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
     truncated distribution keeps that std (0.8796 is the std of a unit normal cut at +-2)."""
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
     return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def dense(in_dim: int, out_dim: int) -> nn.Linear:
+    """A dense layer initialised like the official code: xavier-uniform kernel, zero bias."""
+    layer = nn.Linear(in_dim, out_dim)
+    xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -454,9 +464,7 @@ class DenseBaseline(nn.Module):
 
     def __init__(self, in_dim: int, width: int):
         super().__init__()
-        self.dense = nn.Linear(in_dim, width)
-        xavier_uniform_(self.dense.weight)
-        nn.init.zeros_(self.dense.bias)
+        self.dense = dense(in_dim, width)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         hidden = F.relu(self.dense(x.flatten(1)))
@@ -464,9 +472,10 @@ class DenseBaseline(nn.Module):
 
 
 class StageSoftMoE(nn.Module):
-    """`all` variant (section 5.3): a Soft MoE around one encoder stage, whose experts are
-    independent copies of the stage. PerSamp tokens: the stage input is one token, so dispatch
-    hands it whole to each expert's single slot and Y = sum_i C_i stage_i(x)."""
+    """`all` variant (section 5.3): a Soft MoE around one layer (an encoder stage, a dense
+    layer), whose experts are independent copies of the layer. PerSamp tokens: the layer's input
+    is one token, so dispatch hands it whole to each expert's single slot and
+    Y = sum_i C_i layer_i(x)."""
 
     def __init__(self, stages: list[nn.Module], in_shape: tuple[int, ...], random_phi=False, normalize=False):
         super().__init__()
@@ -553,7 +562,12 @@ class MoETorso(nn.Module):
         with torch.no_grad():
             shape = self.feature_shape = tuple(self.encoder(torch.zeros(1, *obs_shape)).shape[1:])
         num_tokens, token_dim = token_shape(shape, tokenizer)
-        if moe == "none":
+        if moe_variant == "all":  # the penultimate layer as one token, experts: copies of Dense + ReLU
+            if tokenizer != "samp":
+                raise ValueError("the `all` variant routes every layer as one token: use the samp tokenizer")
+            copies = [nn.Sequential(nn.Flatten(), dense(math.prod(shape), hidden), nn.ReLU()) for _ in range(num_experts)]
+            self.moe, self.out_dim = StageSoftMoE(copies, shape, random_phi, normalize), hidden
+        elif moe == "none":
             width = expert_hidden * num_experts if scale_hidden else expert_hidden
             self.moe, self.out_dim = DenseBaseline(num_tokens * token_dim, width), width
         elif moe == "soft":
@@ -566,6 +580,9 @@ class MoETorso(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """uint8 frames (B, 4, 84, 84) -> features (B, out_dim), aux (hidden activations, routing)."""
         x = self.encoder(preprocess(obs))
+        if self.variant == "all":
+            y = self.moe(x)
+            return y, {"hidden": y}
         if self.variant != "big":
             x = tokenize(x, self.tokenizer)
         y, aux = self.moe(x)
@@ -671,7 +688,7 @@ class FrameReplay:
     def sample_rows(self, batch_size: int) -> torch.Tensor:
         """Row ids (B,), uniform over the rows that start a transition."""
         lo, hi = self.bounds[0], self.bounds[1]
-        u = torch.rand(batch_size, self.SAMPLE_TRIES, device=self.device)
+        u = torch.rand(batch_size, self.SAMPLE_TRIES, device=self.device, dtype=torch.float64)  # float32: 2^24 levels, uneven over 1M rows
         cand = lo + (u * (hi - lo + 1).to(u.dtype)).long().clamp_max(hi - lo)
         ok = ~self.final[cand % self.capacity]
         first_ok = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
@@ -900,6 +917,20 @@ RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb
                    "capture_video", "device", "cudagraphs", "compile", "log_every", "runs_dir", "exp_name"}
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
+    """Load an optimiser saved with or without CUDA graphs into one that runs with `capturable`
+    (load_state_dict would keep the saved setting): step counters live on the parameters'
+    device when captured, on the CPU otherwise."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        if "capturable" in group:
+            group["capturable"] = capturable
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(p.device if capturable else "cpu", torch.float32)
+
+
 def check_resume_flags(saved: dict, args) -> None:
     for key, value in dataclasses.asdict(args).items():
         if key in RESUMABLE_FLAGS or key not in saved:
@@ -961,7 +992,9 @@ class CapturedStep:
 # The agent: Q-network, loss, update
 # ============================================================================================
 class QNetwork(nn.Module):
-    """MoETorso -> Dense(num_actions), xavier-initialised (official NatureDQNMoE / ImpalaMoE)."""
+    """MoETorso -> Dense(num_actions), xavier-initialised (official NatureDQNMoE / ImpalaMoE).
+    In the `all` variant the head is a Soft MoE of copies of that layer too: section 5.3 puts one
+    at every layer (and excludes only Rainbow's last layer)."""
 
     def __init__(self, args: Args, num_actions: int):
         super().__init__()
@@ -972,9 +1005,12 @@ class QNetwork(nn.Module):
             expert_hidden_divisor=args.expert_hidden_divisor, scale_hidden=args.scale_hidden,
             random_phi=args.random_phi, normalize=args.normalize, moe_variant=args.moe_variant,
             router_noise=args.router_noise)
-        self.head = nn.Linear(self.torso.out_dim, num_actions)
-        xavier_uniform_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        width = self.torso.out_dim
+        if args.moe_variant == "all":
+            heads = [dense(width, num_actions) for _ in range(args.num_experts)]
+            self.head = StageSoftMoE(heads, (width,), args.random_phi, args.normalize)
+        else:
+            self.head = dense(width, num_actions)
 
     def forward(self, obs: torch.Tensor, with_aux: bool = False):
         features, aux = self.torso(obs)
@@ -1053,6 +1089,8 @@ def validate_args(args: Args) -> None:
         fail("--filter-size applies to the Impala encoder only; drop it or use --encoder impala")
     if args.moe_variant != "regular" and args.moe != "soft":
         fail(f"--moe-variant {args.moe_variant} is a Soft MoE variant (section 5.3): use --moe soft")
+    if args.moe_variant == "all" and args.tokenizer != "samp":
+        fail("--moe-variant all routes every layer as one token (PerSamp, section 5.3): add --tokenizer samp")
     if args.moe_variant == "big" and args.tokenizer == "feat":
         fail("--moe-variant big routes raw frames with --tokenizer conv (pixels, official) or samp (paper); feat cannot form expert images")
     if args.scale_hidden and args.moe != "none":
@@ -1127,6 +1165,7 @@ def main(args: Args) -> str:
     obs_stack = np.zeros((4, 84, 84), dtype=np.uint8)
     episode_return, episode_length = 0.0, 0
     iteration_returns: list[float] = []
+    last_iteration_return = float("nan")
     recent_returns: deque = deque(maxlen=20)
     iteration_start = (0, time.time())
     loss_sum = torch.zeros((), device=device)  # summed on the device, read every --log-every steps
@@ -1137,13 +1176,14 @@ def main(args: Args) -> str:
     if checkpoint is not None:
         q_net.load_state_dict(checkpoint["q_net"])
         target_net.load_state_dict(checkpoint["target_net"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"], capturable=args.cudagraphs)
         replay.load_state_dict(checkpoint["replay"])
         loop = checkpoint["loop"]
         step, iteration = loop["step"], loop["iteration"]
         obs_stack = loop["obs_stack"]
         episode_return, episode_length = loop["episode_return"], loop["episode_length"]
         iteration_returns, recent_returns = loop["iteration_returns"], deque(loop["recent_returns"], maxlen=20)
+        last_iteration_return = loop["last_iteration_return"]
         explore_rng.bit_generator.state = loop["explore_rng"]
         set_env_state(env, loop["env"])
         set_rng_state(checkpoint["rng"])
@@ -1165,6 +1205,7 @@ def main(args: Args) -> str:
             "loop": {"step": step, "iteration": iteration, "obs_stack": obs_stack.copy(),
                      "episode_return": episode_return, "episode_length": episode_length,
                      "iteration_returns": list(iteration_returns), "recent_returns": list(recent_returns),
+                     "last_iteration_return": last_iteration_return,
                      "explore_rng": explore_rng.bit_generator.state, "env": get_env_state(env),
                      "iteration_start_step": iteration_start[0]},
         }
@@ -1246,6 +1287,7 @@ def main(args: Args) -> str:
                 record["q_mean"] = q.mean().item()
             logger.scalars({k: v for k, v in record.items() if k not in ("iteration", "step")}, step, "iteration/")
             logger.record(record)
+            last_iteration_return = record["episode_return"]
             iteration += 1
             iteration_returns = []
             iteration_start = (step, time.time())
@@ -1255,7 +1297,7 @@ def main(args: Args) -> str:
 
     logger.record({"final": True, "step": step, "frames": 4 * step, "env_id": env_id, "game": env_id.split("/")[-1].split("-")[0],
                    "agent": "dqn", "moe": args.moe, "num_experts": args.num_experts, "seed": args.seed,
-                   "episode_return": float(np.mean(recent_returns)) if recent_returns else float("nan")})
+                   "episode_return": last_iteration_return})
     logger.close()
     env.close()
     print(f"done: {step:,} agent steps; summary in {logger.summary_path}", flush=True)

@@ -128,6 +128,8 @@ def test_unknown_game(tmp_path):
     (["--num-experts", "0"], "--num-experts must be at least 1"),
     (["--moe-variant", "big", "--tokenizer", "feat"], "--moe-variant big"),
     (["--moe-variant", "all", "--moe", "top1"], "use --moe soft"),
+    (["--moe-variant", "all"], "--tokenizer samp"),
+    (["--env-id", "CartPole-v1"], "not an Atari game"),
     (["--moe", "soft", "--scale-hidden"], "--scale-hidden"),
     (["--moe", "none", "--random-phi"], "--random-phi"),
     (["--replay-ratio", "0.3"], "--replay-ratio"),

@@ -347,7 +347,7 @@ def test_big_variant_slots(E, slots):
 # ------------------------------------------------------------------------------------------
 CONFIGS = (
     [dict(tokenizer=t, moe=m) for t in ("conv", "feat", "samp") for m in ("none", "soft", "top1")]
-    + [dict(tokenizer=t, moe="soft", moe_variant="all") for t in ("conv", "feat", "samp")]
+    + [dict(tokenizer="samp", moe="soft", moe_variant="all"), dict(tokenizer="samp", moe="soft", moe_variant="all", normalize=True)]
     # big + conv at capacity 0.02: 8x8 expert images, keeps the (7056 x slots) dispatch small
     + [dict(tokenizer="conv", moe="soft", moe_variant="big", capacity_factor=0.02),
        dict(tokenizer="samp", moe="soft", moe_variant="big")]
@@ -381,10 +381,9 @@ def test_forward_backward(cfg):
     if args.moe == "none" or args.random_phi:
         assert not routers
     else:
-        expected = 4 if args.moe_variant == "all" else 1  # all: one router per encoder stage + the MoE
+        expected = 5 if args.moe_variant == "all" else 1  # all: one router per encoder stage, dense layer, head
         assert len(routers) == expected
         for p in routers:
             assert p.grad.abs().sum() > 0
-    first_layer = net.torso.moe.dense if args.moe == "none" else (
-        net.torso.moe.dense if args.moe_variant == "big" else net.torso.moe.experts)
+    first_layer = net.torso.moe.dense if args.moe in ("none",) or args.moe_variant == "big" else net.torso.moe.experts
     assert any(p.grad.abs().sum() > 0 for p in first_layer.parameters())

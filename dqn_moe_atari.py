@@ -1134,13 +1134,13 @@ def main(args: Args) -> str:
                           "cpu" if args.device == "auto" else args.device)
     configure_backends(device, args.torch_deterministic)
 
+    game = env_id.split("/")[-1].split("-")[0]
     checkpoint = None
     if args.resume:
         run_dir = args.resume.rstrip("/")
         checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
         check_resume_flags(checkpoint["args"], args)
     else:
-        game = env_id.split("/")[-1].split("-")[0]
         run_dir = os.path.join(args.runs_dir, f"{game}__{args.exp_name}__{args.moe}{args.num_experts}__{args.seed}__{int(time.time())}")
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
 
@@ -1295,7 +1295,7 @@ def main(args: Args) -> str:
             stop_if_nonfinite()
             save_checkpoint(ckpt_path, checkpoint_state())
 
-    logger.record({"final": True, "step": step, "frames": 4 * step, "env_id": env_id, "game": env_id.split("/")[-1].split("-")[0],
+    logger.record({"final": True, "step": step, "frames": 4 * step, "env_id": env_id, "game": game,
                    "agent": "dqn", "moe": args.moe, "num_experts": args.num_experts, "seed": args.seed,
                    "episode_return": last_iteration_return})
     logger.close()

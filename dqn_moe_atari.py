@@ -328,11 +328,57 @@ def token_shape(feature_shape: tuple[int, int, int], kind: str) -> tuple[int, in
 
 
 # ---- block: moe ----
+def scaled_noise(shape, device) -> torch.Tensor:
+    """f(eps) = sign(eps) sqrt(|eps|), eps ~ N(0, 1): the factorised noise of Fortunato et al."""
+    eps = torch.randn(shape, device=device)
+    return eps.sign() * eps.abs().sqrt()
+
+
+class NoisyLinear(nn.Module):
+    """Factorised Gaussian noisy dense layer (Fortunato et al. 2018) as Dopamine's NoisyNetwork:
+    W = mu_W + sigma_W * (f(eps_in) f(eps_out)^T), b = mu_b + sigma_b * f(eps_out), with
+    mu ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and sigma = 0.1 / sqrt(fan_in). `noise`: `sample`
+    (a fresh draw for every row of the batch, as the official online loss), `shared` (one draw
+    for the batch) or `off`; `set_noise` sets it on a whole network."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_dim).uniform_(-bound, bound))
+        self.sigma_weight = nn.Parameter(torch.full((out_dim, in_dim), 0.1 * bound))
+        self.sigma_bias = nn.Parameter(torch.full((out_dim,), 0.1 * bound))
+        self.noise = "sample"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.noise == "off":
+            return y
+        rows = x.shape[0] if self.noise == "sample" else 1
+        f_in = scaled_noise((rows, x.shape[1]), x.device)
+        f_out = scaled_noise((rows, self.weight.shape[0]), x.device)
+        # per-row factorised noise without materialising a weight per row: (x * f_in) sigma^T * f_out
+        return y + (F.linear(x * f_in, self.sigma_weight) + self.sigma_bias) * f_out
+
+
+def set_noise(module: nn.Module, mode: str) -> None:
+    """Set the noise mode (`sample`, `shared`, `off`) of every noisy layer in `module`."""
+    for m in module.modules():
+        if hasattr(m, "noise"):
+            m.noise = mode
+
+
+def dense_layer(in_dim: int, out_dim: int, noisy: bool = False) -> nn.Module:
+    return NoisyLinear(in_dim, out_dim) if noisy else dense(in_dim, out_dim)
+
+
 class ExpertMLPs(nn.Module):
     """`num_experts` independent MLPs in_dim -> hidden -> ReLU -> out_dim, run as one batched
-    matmul. The second layer is the linear projection that keeps the token size (section 3)."""
+    matmul. The second layer is the linear projection that keeps the token size (section 3).
+    `noisy`: the first layer is a factorised noisy layer (official Rainbow experts), with one
+    noise draw shared by all experts and slots of a sample, as in the official code."""
 
-    def __init__(self, num_experts: int, in_dim: int, hidden: int, out_dim: int):
+    def __init__(self, num_experts: int, in_dim: int, hidden: int, out_dim: int, noisy: bool = False):
         super().__init__()
         self.w1 = nn.Parameter(torch.empty(num_experts, in_dim, hidden))
         self.b1 = nn.Parameter(torch.zeros(num_experts, hidden))
@@ -341,12 +387,28 @@ class ExpertMLPs(nn.Module):
         for w in (self.w1, self.w2):  # xavier per expert: fan_in, fan_out of one expert's kernel
             bound = math.sqrt(6.0 / (w.shape[1] + w.shape[2]))
             nn.init.uniform_(w, -bound, bound)
+        if noisy:  # NoisyNetwork's initialiser for the first layer
+            bound = 1.0 / math.sqrt(in_dim)
+            nn.init.uniform_(self.w1, -bound, bound)
+            nn.init.uniform_(self.b1, -bound, bound)
+            self.sigma_w1 = nn.Parameter(torch.full((num_experts, in_dim, hidden), 0.1 * bound))
+            self.sigma_b1 = nn.Parameter(torch.full((num_experts, hidden), 0.1 * bound))
+            self.noise = "sample"
+        self.noisy = noisy
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, E, slots, in_dim) -> outputs (B, E, slots, out_dim), hidden (B, E, slots, hidden)."""
         b, e, s, _ = x.shape
-        x = x.transpose(0, 1).reshape(e, b * s, -1)
-        hidden = torch.baddbmm(self.b1.unsqueeze(1), x, self.w1).relu()
+        flat = x.transpose(0, 1).reshape(e, b * s, -1)
+        hidden = torch.baddbmm(self.b1.unsqueeze(1), flat, self.w1)
+        if self.noisy and self.noise != "off":
+            rows = b if self.noise == "sample" else 1
+            f_in = scaled_noise((rows, 1, 1, x.shape[-1]), x.device)
+            f_out = scaled_noise((rows, 1, 1, self.w1.shape[-1]), x.device)
+            noisy_in = (x * f_in).transpose(0, 1).reshape(e, b * s, -1)
+            noise = torch.baddbmm(self.sigma_b1.unsqueeze(1), noisy_in, self.sigma_w1).view(e, b, s, -1)
+            hidden = hidden + (noise * f_out.transpose(0, 1)).reshape(e, b * s, -1)
+        hidden = hidden.relu()
         out = torch.baddbmm(self.b2.unsqueeze(1), hidden, self.w2)
         return out.view(e, b, s, -1).transpose(0, 1), hidden.view(e, b, s, -1).transpose(0, 1)
 
@@ -390,12 +452,13 @@ class SoftMoE(nn.Module):
     """Soft MoE (Puigcerver et al. 2023) on tokens X (B, m, d): slot inputs X~ = D^T X, each
     expert processes its p slots, Y = C Y~. p = ceil(m * capacity_factor / E)."""
 
-    def __init__(self, token_dim, num_tokens, num_experts, expert_hidden, capacity_factor=1.0, random_phi=False, normalize=False):
+    def __init__(self, token_dim, num_tokens, num_experts, expert_hidden, capacity_factor=1.0, random_phi=False,
+                 normalize=False, noisy=False):
         super().__init__()
         self.num_experts = num_experts
         self.slots = math.ceil(num_tokens * capacity_factor / num_experts)
         self.router = SoftRouter(token_dim, num_experts, self.slots, random_phi, normalize)
-        self.experts = ExpertMLPs(num_experts, token_dim, expert_hidden, token_dim)
+        self.experts = ExpertMLPs(num_experts, token_dim, expert_hidden, token_dim, noisy)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         dispatch, combine = soft_moe_weights(self.router(x))
@@ -411,14 +474,15 @@ class Top1MoE(nn.Module):
     ceil(m * capacity_factor / E) tokens, in token order, and the overflow is dropped (output 0).
     The expert's output is scaled by the gate probability."""
 
-    def __init__(self, token_dim, num_tokens, num_experts, expert_hidden, capacity_factor=1.0, router_noise=False):
+    def __init__(self, token_dim, num_tokens, num_experts, expert_hidden, capacity_factor=1.0, router_noise=False,
+                 noisy=False):
         super().__init__()
         self.num_experts = num_experts
         self.capacity = math.ceil(num_tokens * capacity_factor / num_experts)
         self.router = nn.Linear(token_dim, num_experts, bias=False)
         lecun_normal_(self.router.weight, fan_in=token_dim)
         self.router_noise = router_noise
-        self.experts = ExpertMLPs(num_experts, token_dim, expert_hidden, token_dim)
+        self.experts = ExpertMLPs(num_experts, token_dim, expert_hidden, token_dim, noisy)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         logits = self.router(x).float()  # (B, m, E)
@@ -460,11 +524,12 @@ def load_loss(logits: torch.Tensor, noise_std: float) -> torch.Tensor:
 
 
 class DenseBaseline(nn.Module):
-    """The baseline's penultimate layer: flatten the tokens, Dense(width) + ReLU."""
+    """The baseline's penultimate layer: flatten the tokens, Dense(width) + ReLU (noisy in the
+    official Rainbow)."""
 
-    def __init__(self, in_dim: int, width: int):
+    def __init__(self, in_dim: int, width: int, noisy: bool = False):
         super().__init__()
-        self.dense = dense(in_dim, width)
+        self.dense = dense_layer(in_dim, width, noisy)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         hidden = F.relu(self.dense(x.flatten(1)))
@@ -496,7 +561,8 @@ class BigSoftMoE(nn.Module):
     expert, which the expert sees as a sqrt(p) x sqrt(p) x 4 image. PerSamp: one token, the whole
     frame stack, which each expert sees as the 4 x 84 x 84 input."""
 
-    def __init__(self, obs_shape, tokenizer, num_experts, expert_hidden, capacity_factor, make_stages, random_phi=False, normalize=False):
+    def __init__(self, obs_shape, tokenizer, num_experts, expert_hidden, capacity_factor, make_stages, random_phi=False,
+                 normalize=False, noisy=False):
         super().__init__()
         c, h, w = obs_shape
         num_tokens, token_dim = token_shape((c, h, w), tokenizer)
@@ -510,7 +576,7 @@ class BigSoftMoE(nn.Module):
         self.encoders = nn.ModuleList(nn.Sequential(*make_stages(c)) for _ in range(num_experts))
         with torch.no_grad():
             enc_dim = self.encoders[0](torch.zeros(1, *self.image)).numel()
-        self.dense = ExpertMLPs(num_experts, enc_dim, expert_hidden, self.slots * token_dim)
+        self.dense = ExpertMLPs(num_experts, enc_dim, expert_hidden, self.slots * token_dim, noisy)
 
     def slots_to_images(self, slots: torch.Tensor) -> torch.Tensor:
         """(B, p, d) slot inputs of one expert -> (B, c, H, W) images, HWC order like `tokenize`."""
@@ -536,7 +602,7 @@ class MoETorso(nn.Module):
     def __init__(self, obs_shape=(4, 84, 84), encoder="impala", impala_channels=(16, 32, 32), filter_size=3,
                  tokenizer="conv", moe="soft", num_experts=8, capacity_factor=1.0, expert_hidden=512,
                  expert_hidden_divisor=False, scale_hidden=False, random_phi=False, normalize=False,
-                 moe_variant="regular", router_noise=False):
+                 moe_variant="regular", router_noise=False, noisy=False):
         super().__init__()
         hidden = expert_hidden // num_experts if expert_hidden_divisor else expert_hidden
         self.moe_kind, self.variant, self.tokenizer = moe, moe_variant, tokenizer
@@ -546,7 +612,8 @@ class MoETorso(nn.Module):
 
         if moe_variant == "big":
             self.encoder = nn.Identity()
-            self.moe = BigSoftMoE(obs_shape, tokenizer, num_experts, hidden, capacity_factor, make_stages, random_phi, normalize)
+            self.moe = BigSoftMoE(obs_shape, tokenizer, num_experts, hidden, capacity_factor, make_stages, random_phi,
+                                  normalize, noisy)
             self.out_dim = math.prod(obs_shape)
             return
         stages = make_stages()
@@ -565,16 +632,17 @@ class MoETorso(nn.Module):
         if moe_variant == "all":  # the penultimate layer as one token, experts: copies of Dense + ReLU
             if tokenizer != "samp":
                 raise ValueError("the `all` variant routes every layer as one token: use the samp tokenizer")
-            copies = [nn.Sequential(nn.Flatten(), dense(math.prod(shape), hidden), nn.ReLU()) for _ in range(num_experts)]
+            copies = [nn.Sequential(nn.Flatten(), dense_layer(math.prod(shape), hidden, noisy), nn.ReLU())
+                      for _ in range(num_experts)]
             self.moe, self.out_dim = StageSoftMoE(copies, shape, random_phi, normalize), hidden
         elif moe == "none":
             width = expert_hidden * num_experts if scale_hidden else expert_hidden
-            self.moe, self.out_dim = DenseBaseline(num_tokens * token_dim, width), width
+            self.moe, self.out_dim = DenseBaseline(num_tokens * token_dim, width, noisy), width
         elif moe == "soft":
-            self.moe = SoftMoE(token_dim, num_tokens, num_experts, hidden, capacity_factor, random_phi, normalize)
+            self.moe = SoftMoE(token_dim, num_tokens, num_experts, hidden, capacity_factor, random_phi, normalize, noisy)
             self.out_dim = num_tokens * token_dim
         else:
-            self.moe = Top1MoE(token_dim, num_tokens, num_experts, hidden, capacity_factor, router_noise)
+            self.moe = Top1MoE(token_dim, num_tokens, num_experts, hidden, capacity_factor, router_noise, noisy)
             self.out_dim = num_tokens * token_dim
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import dqn_moe_atari as dqn  # noqa: E402
-from bench_dqn import CONFIGS, filled_replay, timed  # noqa: E402
+from bench_atari import CONFIGS, filled_replay, timed  # noqa: E402
 
 VARIANTS = {
     "deterministic": dict(deterministic=True),
@@ -37,7 +37,7 @@ def build(config: str, variant: dict, device):
     q_net = dqn.QNetwork(args, 6).to(device, memory_format=fmt)
     target = dqn.QNetwork(args, 6).to(device, memory_format=fmt).requires_grad_(False)
     opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, capturable=True)
-    replay = filled_replay(args, device, rows=20_000)
+    replay = filled_replay(dqn, args, device, rows=20_000)
     cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if variant.get("bf16") else contextlib.nullcontext
 
     def update():

@@ -860,7 +860,8 @@ class PrioritizedFrameReplay(FrameReplay):
         weights = self.priorities * valid
         cdf = weights.double().cumsum(0)
         u = (torch.arange(batch_size, device=self.device) + torch.rand(batch_size, device=self.device, dtype=torch.float64))
-        pos = torch.searchsorted(cdf, u / batch_size * cdf[-1], right=True).clamp_max(self.capacity - 1)
+        mass = (u / batch_size).clamp_max(1 - 1e-12) * cdf[-1]  # strictly below the total: lands on a valid row
+        pos = torch.searchsorted(cdf, mass, right=True)
         return rows_here[pos], weights[pos]
 
     def sample(self, batch_size: int) -> dict:

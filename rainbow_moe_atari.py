@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -158,14 +157,15 @@ class Args:
     """torch.compile the update and the action selection"""
 
 
+# ============================================================================================
+# Environment
+# ============================================================================================
+# ---- block: atari_env ----
 def fail(message: str):
     """End the run with one line on stderr and exit status 1."""
     raise SystemExit(f"error: {message}")
 
 
-# ============================================================================================
-# Environment
-# ============================================================================================
 def resolve_env_id(name: str) -> str:
     """`Pong` -> `ALE/Pong-v5`; a registered gymnasium id is kept; anything else fails clearly."""
     if name in gym.registry:
@@ -207,6 +207,7 @@ def get_env_state(env) -> dict:
 
 def set_env_state(env, state: dict) -> None:
     env.unwrapped.ale.restoreState(state["ale"])
+# ---- end block: atari_env ----
 
 
 # ---- block: encoders ----

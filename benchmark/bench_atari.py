@@ -148,7 +148,7 @@ def main():
     os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
     with open(opts.out, "w") as f:
         json.dump(results, f, indent=1)
-    print(f"\n| config | mode | params | update ms (median) | act ms | train steps/s |\n|---|---|---|---|---|---|")
+    print("\n| config | mode | params | update ms (median) | act ms | train steps/s |\n|---|---|---|---|---|---|")
     for r in results["runs"]:
         print(f"| {r['config']} | {r['mode']} | {r['params']:,} | {r['update_ms_median']:.2f} | {r['act_ms_median']:.2f} | "
               f"{r.get('train_sps', float('nan')):.0f} |")

@@ -2,47 +2,22 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "dqn_moe_atari.py")
+from agent_runs import (assert_one_line_error, assert_same_run, checkpoint, kill_after_first_checkpoint, only_run_dir,
+                        records)
+from agent_runs import run as run_script
+
+SCRIPT = "dqn_moe_atari.py"
 TINY = ["--env-id", "Pong", "--impala-channels", "4", "8", "8", "--expert-hidden", "16", "--num-experts", "4",
         "--batch-size", "8", "--buffer-size", "2000", "--min-replay-history", "100", "--iteration-steps", "200",
         "--target-update-period", "40", "--log-every", "50", "--device", "cpu"]
 
 
-def run(args, tmp_path, timeout=300, env=None):
-    return subprocess.run([sys.executable, SCRIPT, *args, "--runs-dir", str(tmp_path)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
-
-
-def only_run_dir(runs_dir):
-    (name,) = [d for d in os.listdir(runs_dir) if os.path.isdir(os.path.join(runs_dir, d))]
-    return os.path.join(runs_dir, name)
-
-
-def records(run_dir):
-    with open(os.path.join(run_dir, "summary.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def checkpoint(run_dir):
-    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in last, last
+def run(args, runs_dir, timeout=300, env=None):
+    return run_script(SCRIPT, args, runs_dir, timeout, env)
 
 
 @pytest.fixture(scope="module")
@@ -90,34 +65,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     flags = [*TINY, "--total-frames", "2000", "--checkpoint-every", "150"]
     whole = run(flags, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-
-    (tmp_path / "killed").mkdir()
-    proc = subprocess.Popen([sys.executable, SCRIPT, *flags, "--runs-dir", str(tmp_path / "killed")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        dirs = os.listdir(tmp_path / "killed")
-        if dirs and os.path.exists(tmp_path / "killed" / dirs[0] / "checkpoint.pt"):
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)  # somewhere between checkpoints, or inside one
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_dir = only_run_dir(tmp_path / "killed")
-    assert checkpoint(killed_dir)["loop"]["step"] < 500, "the kill came too late to test anything"
+    killed_dir = kill_after_first_checkpoint(SCRIPT, flags, tmp_path / "killed", latest_step=500)
     resumed = run([*flags, "--resume", killed_dir], tmp_path / "unused")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    a, b = checkpoint(only_run_dir(tmp_path / "whole")), checkpoint(killed_dir)
-    for part in ("q_net", "target_net"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    for k in ("frames", "actions", "rewards", "terminated", "final", "ep_pos"):
-        assert torch.equal(a["replay"][k], b["replay"][k]), k
-    drop = lambda r: {k: v for k, v in r.items() if k != "sps"}  # noqa: E731
-    assert [drop(r) for r in records(only_run_dir(tmp_path / "whole"))] == [drop(r) for r in records(killed_dir)]
+    assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir,
+                    ("frames", "actions", "rewards", "terminated", "final", "ep_pos"))
 
 
 def test_unknown_game(tmp_path):

@@ -1,26 +1,18 @@
 """rainbow_moe_atari.py as a user runs it: real ALE games on the CPU, tiny networks, few steps."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
-import torch
 
-from test_dqn_agent import assert_one_line_error, checkpoint, only_run_dir, records
+from agent_runs import assert_one_line_error, assert_same_run, checkpoint, kill_after_first_checkpoint, only_run_dir, records
+from agent_runs import run as run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "rainbow_moe_atari.py")
+SCRIPT = "rainbow_moe_atari.py"
 TINY = ["--env-id", "Pong", "--impala-channels", "4", "8", "8", "--expert-hidden", "16", "--num-experts", "2",
         "--batch-size", "8", "--buffer-size", "2000", "--min-replay-history", "100", "--iteration-steps", "200",
         "--target-update-period", "40", "--log-every", "50", "--device", "cpu"]
 
 
-def run(args, tmp_path, timeout=300):
-    return subprocess.run([sys.executable, SCRIPT, *args, "--runs-dir", str(tmp_path)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+def run(args, runs_dir, timeout=300):
+    return run_script(SCRIPT, args, runs_dir, timeout)
 
 
 def test_end_to_end_run(tmp_path):
@@ -54,30 +46,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     flags = [*TINY, "--total-frames", "2000", "--checkpoint-every", "150"]
     whole = run(flags, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    (tmp_path / "killed").mkdir()
-    proc = subprocess.Popen([sys.executable, SCRIPT, *flags, "--runs-dir", str(tmp_path / "killed")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        dirs = os.listdir(tmp_path / "killed")
-        if dirs and os.path.exists(tmp_path / "killed" / dirs[0] / "checkpoint.pt"):
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_dir = only_run_dir(tmp_path / "killed")
-    assert checkpoint(killed_dir)["loop"]["step"] < 500, "the kill came too late to test anything"
+    killed_dir = kill_after_first_checkpoint(SCRIPT, flags, tmp_path / "killed", latest_step=500)
     resumed = run([*flags, "--resume", killed_dir], tmp_path / "unused")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = checkpoint(only_run_dir(tmp_path / "whole")), checkpoint(killed_dir)
-    for part in ("q_net", "target_net"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
-    for k in ("frames", "actions", "rewards", "priorities", "max_priority"):
-        assert torch.equal(a["replay"][k], b["replay"][k]), k
-    drop = lambda r: {k: v for k, v in r.items() if k != "sps"}  # noqa: E731
-    assert [drop(r) for r in records(only_run_dir(tmp_path / "whole"))] == [drop(r) for r in records(killed_dir)]
+    assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir, ("frames", "actions", "rewards", "priorities", "max_priority"))
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -103,7 +103,7 @@ def test_episode_boundaries():
     """A terminated step has discount 0; a truncated last step has discount gamma and a
     next_obs ending with the final frame; the next episode's first stack is zero-padded."""
     replay = dqn.FrameReplay(100, (2, 2), n_step=1, gamma=GAMMA)
-    log = fill(replay, [(5, "terminated"), (5, "truncated"), (3, "open")])
+    fill(replay, [(5, "terminated"), (5, "truncated"), (3, "open")])
     # rows: 0-4 steps (4 terminated), 5 final, 6-10 steps, 11 final, 12-14 steps
     b = replay.gather(torch.tensor([4, 10, 12]))
     assert b["discount"].tolist() == pytest.approx([0.0, GAMMA, GAMMA])

@@ -628,7 +628,7 @@ class MoETorso(nn.Module):
             stages = [StageSoftMoE([c[i] for c in copies], in_shapes[i], random_phi, normalize) for i in range(len(stages))]
         self.encoder = nn.Sequential(*stages)
         with torch.no_grad():
-            shape = self.feature_shape = tuple(self.encoder(torch.zeros(1, *obs_shape)).shape[1:])
+            shape = tuple(self.encoder(torch.zeros(1, *obs_shape)).shape[1:])
         num_tokens, token_dim = token_shape(shape, tokenizer)
         if moe_variant == "all":  # the penultimate layer as one token, experts: copies of Dense + ReLU
             if tokenizer != "samp":
@@ -693,9 +693,6 @@ class FrameReplay:
         self.episode_step = 0
         self.copy_done = torch.cuda.Event() if pin else None
         self.bounds = torch.zeros(2, dtype=torch.long, device=dev)  # [lo, hi] of sampleable row ids
-
-    def __len__(self) -> int:
-        return min(self.added + self.num_staged, self.capacity)
 
     @property
     def rows(self) -> int:
@@ -913,7 +910,7 @@ class RunLogger:
 
             self.wandb = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=config,
                                     name=os.path.basename(run_dir), dir=run_dir, sync_tensorboard=True,
-                                    save_code=True, resume="allow", id=os.path.basename(run_dir).replace("/", "_")[-64:])
+                                    save_code=True, resume="allow", id=os.path.basename(run_dir)[-64:])
         self.writer = SummaryWriter(run_dir, purge_step=resume_step if resume_step else None)
         if not resume_step:
             self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))

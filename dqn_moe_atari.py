@@ -1217,7 +1217,7 @@ def main(args: Args) -> str:
 
     env = make_env(env_id, args.seed, args.sticky_actions, args.max_episode_frames,
                    os.path.join(run_dir, "videos") if args.capture_video else None)
-    num_actions = env.action_space.n
+    num_actions = int(env.action_space.n)
     q_net = QNetwork(args, num_actions).to(device, memory_format=memory_format(device))
     target_net = copy.deepcopy(q_net).requires_grad_(False)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps,

@@ -1144,7 +1144,7 @@ class RainbowNetwork(nn.Module):
             expert_hidden_divisor=args.expert_hidden_divisor, scale_hidden=args.scale_hidden,
             random_phi=args.random_phi, normalize=args.normalize, moe_variant=args.moe_variant,
             router_noise=args.router_noise, noisy=args.noisy)
-        self.num_actions, self.num_atoms, self.dueling = num_actions, args.num_atoms, args.dueling
+        self.num_actions, self.num_atoms, self.dueling = int(num_actions), args.num_atoms, args.dueling
         width = self.torso.out_dim
         self.advantage = dense_layer(width, num_actions * args.num_atoms, args.noisy)
         self.value = dense_layer(width, args.num_atoms, args.noisy) if args.dueling else None
@@ -1325,7 +1325,7 @@ def main(args: Args) -> str:
 
     env = make_env(env_id, args.seed, args.sticky_actions, args.max_episode_frames,
                    os.path.join(run_dir, "videos") if args.capture_video else None)
-    num_actions = env.action_space.n
+    num_actions = int(env.action_space.n)
     q_net = RainbowNetwork(args, num_actions).to(device, memory_format=memory_format(device))
     target_net = copy.deepcopy(q_net).requires_grad_(False)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps,

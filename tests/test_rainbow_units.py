@@ -374,6 +374,14 @@ def test_network_shapes_q_and_dueling():
     assert not torch.allclose(logits[:, 0], logits[:, 1])
 
 
+def test_action_count_from_gymnasium_is_a_python_int():
+    """gymnasium gives Discrete.n as a numpy integer, which torch.compile would trace as a
+    tensor (a graph break at the head's view); the network keeps a Python int."""
+    import numpy as np
+    net = rb.RainbowNetwork(small_args(), num_actions=np.int64(6))
+    assert type(net.num_actions) is int
+
+
 def test_network_scalar_q_and_no_dueling():
     """num_atoms=1: q == logits.squeeze(-1) (no softmax); dueling=False: logits are the
     advantage stream itself and there is no value layer."""

@@ -300,8 +300,8 @@ def encoder_stages(kind: str, in_ch: int = 4, impala_channels=(16, 32, 32), filt
 
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> float in [0, 1]."""
-    return obs.float() / 255.0
+    """uint8 frames -> float in [0, 1]; float frames (already scaled, e.g. augmented) pass through."""
+    return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
 # ---- end block: encoders ----
 
 

@@ -309,8 +309,8 @@ def encoder_stages(kind: str, in_ch: int = 4, impala_channels=(16, 32, 32), filt
 
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> float in [0, 1]."""
-    return obs.float() / 255.0
+    """uint8 frames -> float in [0, 1]; float frames (already scaled, e.g. augmented) pass through."""
+    return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
 # ---- end block: encoders ----
 
 
@@ -1130,6 +1130,7 @@ class CapturedStep:
 # ============================================================================================
 # The agent: Q-network, loss, update
 # ============================================================================================
+# ---- block: rainbow_agent ----
 class RainbowNetwork(nn.Module):
     """MoETorso -> dueling, noisy C51 head (official FullRainbowMoENetwork): advantage
     Dense(A * atoms) and value Dense(atoms) read the flattened MoE output directly;
@@ -1179,11 +1180,14 @@ def project_distribution(target_support: torch.Tensor, probs: torch.Tensor, supp
 def rainbow_targets(args: Args, q_net: RainbowNetwork, target_net: RainbowNetwork, batch: dict) -> torch.Tensor:
     """The target of every transition: the projected distribution of R + gamma^n Z(s', a*)
     (C51), or the scalar R + gamma^n Q(s', a*); a* from the online network with --double, from
-    the target network otherwise. One noise draw for the whole batch, as the official target."""
+    the target network otherwise. One noise draw for the whole batch, as the official target.
+    A target network synced at every update (DrQ(eps)) is the online network itself: the same
+    weights and the same noise draw, so the double-DQN pass would repeat this one."""
     with torch.no_grad():
         set_noise(target_net, "shared")
         q_next, logits_next = target_net(batch["next_obs"])
-        if args.double:
+        set_noise(target_net, "sample")
+        if args.double and q_net is not target_net:
             set_noise(q_net, "shared")
             q_next = q_net(batch["next_obs"])[0]
             set_noise(q_net, "sample")
@@ -1220,12 +1224,15 @@ def rainbow_loss(args: Args, q_net: RainbowNetwork, batch: dict, targets: torch.
     return total, per_sample
 
 
-def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameReplay) -> CapturedStep:
+def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameReplay, augment=None) -> CapturedStep:
     """One gradient update: prioritised (or uniform) sampling on the device, targets, loss,
-    backward, Adam, new priorities. No host synchronisation; returns the mean loss (a tensor)."""
+    backward, Adam, new priorities. `augment` (DrQ) transforms the states and the next states,
+    each with its own draw. No host synchronisation; returns the mean loss (a tensor)."""
 
     def update():
         batch = replay.sample(args.batch_size)
+        if augment is not None:
+            batch["obs"], batch["next_obs"] = augment(batch["obs"]), augment(batch["next_obs"])
         total, per_sample = rainbow_loss(args, q_net, batch, rainbow_targets(args, q_net, target_net, batch))
         optimizer.zero_grad(set_to_none=False)
         total.backward()
@@ -1297,6 +1304,7 @@ def updates_schedule(args: Args) -> tuple[int, int]:
         return round(1 / args.replay_ratio), 1
     return 1, round(args.replay_ratio)
 
+# ---- end block: rainbow_agent ----
 
 # ============================================================================================
 # Training loop

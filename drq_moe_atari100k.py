@@ -1,0 +1,1647 @@
+"""DrQ(eps) with a Mixture-of-Experts penultimate layer on Atari 100k, one file.
+
+Section 5.2 of "Mixtures of Experts Unlock Parameter Scaling for Deep RL" (Obando-Ceron et al.,
+ICML 2024) and appendix B table 1: DrQ(eps) (Yarats et al. 2021, with the epsilon schedule of
+Agarwal et al. 2021) on the Atari 100k benchmark (Kaiser et al. 2020): 100,000 agent steps (400k
+frames) per game without sticky actions, then 100 evaluation episodes whose mean return is the
+score. Details follow the official Dopamine agent (`labs/atari_100k/configs/DrQ_eps.gin`, agent
+`atari_100k_rainbow_agent.py`, runner `atari_100k_runner.py`) with the MoE network of `labs/moes`:
+a scalar Q-value with the Huber loss, 10-step returns, one update per agent step, dueling, double
+DQN, uniform replay, random-shift and intensity augmentation, the target network equal to the
+online one (synced every update), epsilon decaying to 0.01 over 5,000 steps; the Nature CNN
+encoder and 4 experts as the official MoE DER config. Figures 12 and 16: `--long-schedule`.
+
+    python drq_moe_atari100k.py --env-id Breakout --moe soft --num-experts 4
+    python drq_moe_atari100k.py --env-id Breakout --moe none                       # baseline
+    python drq_moe_atari100k.py --env-id Breakout --encoder impala --long-schedule # figure 16
+    python drq_moe_atari100k.py --help
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import math
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from ale_py.vector_env import AtariVectorEnv
+
+gym.register_envs(ale_py)
+AGENT = "drq"
+
+
+@dataclass
+class Args:
+    # --- experiment ---
+    exp_name: str = "drq_moe"
+    """name of the experiment, part of the run folder's name"""
+    seed: int = 1
+    """seed of the run (network, replay sampling, exploration and environment)"""
+    torch_deterministic: bool = True
+    """set `torch.backends.cudnn.deterministic`"""
+    device: str = "auto"
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`"""
+    track: bool = False
+    """log to Weights & Biases as well (set WANDB_MODE=offline to log without network)"""
+    wandb_project_name: str = "moe-rl"
+    """the wandb project"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team)"""
+    capture_video: bool = False
+    """record videos of training episodes into the run folder's `videos/`"""
+    runs_dir: str = "runs"
+    """where run folders are created"""
+    log_every: int = 2_000
+    """agent steps between two reads of the losses and SPS (the only host reads of the loss)"""
+    checkpoint_every: int = 0
+    """agent steps between two checkpoints (0: only at the end of training)"""
+    resume: Optional[str] = None
+    """a run folder to resume from its checkpoint (pass the same flags as the run had)"""
+
+    # --- environment and protocol (Atari 100k: DrQ_eps.gin, DataEfficientAtariRunner) ---
+    env_id: str = "Pong"
+    """game: a short name (`Pong`, `MsPacman`) or a full gymnasium id (`ALE/Pong-v5`)"""
+    sticky_actions: bool = False
+    """repeat the previous action with probability 0.25 at every frame (off in Atari 100k)"""
+    terminal_on_life_loss: bool = True
+    """a lost life ends the agent's episode (terminal transition, fresh frame stack) while the game goes on"""
+    max_noops: int = 30
+    """each episode starts with 0..max_noops-1 random NOOP actions (the official 100k runner)"""
+    max_episode_frames: int = 108_000
+    """frames after which an episode is truncated (27,000 agent steps)"""
+    total_steps: int = 100_000
+    """agent steps of training (100k = 400k frames)"""
+    iteration_steps: int = 10_000
+    """agent steps per iteration (the official 10 x 10,000); an iteration logs its training episodes"""
+    eval_every: int = 0
+    """agent steps between two evaluations (0: one evaluation, after training)"""
+    eval_episodes: int = 100
+    """episodes of an evaluation, run in parallel; their mean return is the score"""
+    eval_epsilon: float = 0.001
+    """exploration epsilon during evaluation"""
+    eval_expert_noise: bool = True
+    """keep the experts' noise on in evaluation, as the official code does (the heads' is always off)"""
+    long_schedule: bool = False
+    """figures 12/16: 12.5M agent steps (50M frames), an evaluation every 250k; overrides --total-steps and --eval-every"""
+
+    # --- DrQ(eps) (appendix B table 1, labs/atari_100k/configs/DrQ_eps.gin) ---
+    learning_rate: float = 1e-4
+    """Adam learning rate"""
+    adam_eps: float = 1.5e-4
+    """Adam epsilon"""
+    buffer_size: int = 1_000_000
+    """replay capacity in transitions (only the rows a run can write are allocated)"""
+    gamma: float = 0.99
+    """discount factor"""
+    n_step: int = 10
+    """update horizon (n-step returns)"""
+    batch_size: int = 32
+    """batch size of an update"""
+    min_replay_history: int = 1_600
+    """agent steps before learning starts (epsilon stays at 1 until then)"""
+    update_period: int = 1
+    """agent steps between two gradient updates"""
+    replay_ratio: Optional[float] = None
+    """gradient updates per agent step; overrides --update-period"""
+    target_update_period: int = 1
+    """agent steps between two copies of the online network into the target network (1: the target is the online network)"""
+    epsilon_train: float = 0.01
+    """final exploration epsilon"""
+    epsilon_decay_steps: int = 5_000
+    """agent steps over which epsilon decays linearly from 1, after --min-replay-history"""
+    noisy: bool = False
+    """noisy nets: factorised noisy heads and expert first layers; exploration by noise"""
+    dueling: bool = True
+    """dueling heads: value and advantage streams"""
+    double: bool = True
+    """double DQN: the online network picks the next action, the target network values it"""
+    prioritized: bool = False
+    """proportional prioritised replay (priority sqrt(loss), importance weights 1/sqrt(priority))"""
+    num_atoms: int = 1
+    """atoms of the C51 return distribution (1: a scalar Q-value with the Huber loss, DrQ(eps))"""
+    v_max: float = 10.0
+    """the support of the return distribution is [-v_max, v_max] (with --num-atoms above 1)"""
+    data_augmentation: bool = True
+    """DrQ's random shifts (pad 4, crop) and intensity on sampled states and next states"""
+
+    # --- network (section 3, figure 2; appendix D for the filter size) ---
+    encoder: Literal["impala", "nature"] = "nature"
+    """`nature` (Mnih et al. CNN, the official MoE DER config; no MoE DrQ config is released) or `impala` (ResNet of Espeholt et al., figures 12 and 16)"""
+    impala_channels: tuple[int, ...] = (16, 32, 32)
+    """channels of the Impala stacks (the official code's; the paper's table 4 says 32 64 64)"""
+    filter_size: int = 3
+    """kernel size of the Impala convolutions (appendix D: 3, 4, 6)"""
+    tokenizer: Literal["conv", "feat", "samp"] = "conv"
+    """PerConv (h*w tokens of d channels), PerFeat (d tokens of h*w), PerSamp (1 token); figure 3"""
+    moe: Literal["none", "soft", "top1"] = "soft"
+    """the penultimate layer: `none` (dense baseline), `soft` (Soft MoE), `top1` (Top1-MoE)"""
+    num_experts: int = 4
+    """number of experts (the official config: 4; the paper's figures go to 8)"""
+    capacity_factor: float = 1.0
+    """slots per expert (Soft MoE) or tokens per expert (Top1) = ceil(tokens * factor / experts)"""
+    expert_hidden: int = 512
+    """hidden width of each expert, and of the baseline's dense layer"""
+    expert_hidden_divisor: bool = False
+    """divide --expert-hidden by --num-experts (figure 5)"""
+    scale_hidden: bool = False
+    """baseline only: widen the dense layer to expert_hidden * num_experts (figure 1)"""
+    random_phi: bool = False
+    """Soft MoE: draw Phi from N(0,1) at every forward pass instead of learning it (figure 8)"""
+    normalize: bool = False
+    """Soft MoE: l2-normalise tokens and Phi in the routing logits, learned scale (section 5.3)"""
+    moe_variant: Literal["regular", "big", "all"] = "regular"
+    """section 5.3: `regular` MoE at the penultimate layer, `big` experts are whole networks, `all` a Soft MoE at every layer"""
+    router_noise: bool = False
+    """Top1: add N(0, 1/num_experts) noise to the router logits"""
+    importance_loss_weight: float = 0.0
+    """Top1: weight of the importance auxiliary loss (figure 9 uses 1.0)"""
+    load_loss_weight: float = 0.0
+    """Top1: weight of the load auxiliary loss (figure 9 uses 1.0)"""
+    dormant_tau: float = 0.025
+    """threshold of the Sokar et al. (2023) dormant-neuron score (the official metric uses 0)"""
+
+    # --- speed (none of these change the algorithm) ---
+    cudagraphs: bool = False
+    """capture the update and the action selection in CUDA graphs"""
+    compile: bool = False
+    """torch.compile the update and the action selection"""
+
+
+# ============================================================================================
+# Environment
+# ============================================================================================
+# ---- block: atari_env ----
+def fail(message: str):
+    """End the run with one line on stderr and exit status 1."""
+    raise SystemExit(f"error: {message}")
+
+
+def resolve_env_id(name: str) -> str:
+    """`Pong` -> `ALE/Pong-v5`; a registered gymnasium id is kept; anything else fails clearly."""
+    if name in gym.registry:
+        if "ale_py" not in str(gym.registry[name].entry_point):
+            fail(f"--env-id {name} is not an Atari game: this agent runs ALE games (e.g. Pong, ALE/Breakout-v5)")
+        return name
+    candidate = f"ALE/{name}-v5"
+    if candidate in gym.registry:
+        return candidate
+    games = sorted(k[4:-3] for k in gym.registry if k.startswith("ALE/") and k.endswith("-v5"))
+    close = difflib.get_close_matches(name, games, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else f" Known games include {', '.join(games[:5])}, ..."
+    fail(f"unknown game '{name}' for --env-id.{hint}")
+
+
+def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: int, video_dir: Optional[str] = None):
+    """One Atari environment with Dopamine's preprocessing: frame skip 4 with a max over the last
+    two frames, grayscale 84x84, no no-op starts, no life-loss terminals (frames are stacked by
+    the agent and the replay, not here). Any ALE id (v5, v4, NoFrameskip) gets this protocol."""
+    kwargs = dict(render_mode="rgb_array") if video_dir else {}
+    kwargs.update(
+        frameskip=1,
+        repeat_action_probability=0.25 if sticky_actions else 0.0,
+        full_action_space=False,
+        max_num_frames_per_episode=max_episode_frames,
+    )
+    env = gym.make(env_id, max_episode_steps=max_episode_frames, **kwargs)
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, disable_logger=True)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
+    env.action_space.seed(seed)
+    return env
+
+
+def get_env_state(env) -> dict:
+    """What an exact resume needs of the environment: the emulator with its RNG (sticky actions)."""
+    return {"ale": env.unwrapped.ale.cloneState(include_rng=True)}
+
+
+def set_env_state(env, state: dict) -> None:
+    env.unwrapped.ale.restoreState(state["ale"])
+# ---- end block: atari_env ----
+
+
+# ---- block: encoders ----
+def xavier_uniform_(weight: torch.Tensor) -> torch.Tensor:
+    """Glorot uniform, the official code's initialiser for dense and conv kernels (biases zero)."""
+    return nn.init.xavier_uniform_(weight)
+
+
+def lecun_normal_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """Flax's lecun_normal: a normal of std sqrt(1/fan_in) truncated at two std, rescaled so the
+    truncated distribution keeps that std (0.8796 is the std of a unit normal cut at +-2)."""
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def dense(in_dim: int, out_dim: int) -> nn.Linear:
+    """A dense layer initialised like the official code: xavier-uniform kernel, zero bias."""
+    layer = nn.Linear(in_dim, out_dim)
+    xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow/flax 'SAME' padding (before, after) of one spatial axis; may be asymmetric."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """A convolution padded like flax's default 'SAME' (84x84 -> 11x11 through the Nature CNN,
+    as in the official code, where PyTorch's default padding would give 7x7)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, init: str = "xavier"):
+        super().__init__(in_ch, out_ch, kernel, stride)
+        if init == "xavier":
+            xavier_uniform_(self.weight)
+        else:
+            lecun_normal_(self.weight, fan_in=in_ch * kernel * kernel)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x):
+        (h0, h1), (w0, w1) = (same_padding(s, self.kernel_size[0], self.stride[0]) for s in x.shape[-2:])
+        if (h0, w0) == (h1, w1):  # symmetric: the convolution pads by itself (no extra kernel)
+            return F.conv2d(x, self.weight, self.bias, self.stride, (h0, w0))
+        return super().forward(F.pad(x, (w0, w1, h0, h1)))
+
+
+def max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    (h0, h1), (w0, w1) = (same_padding(s, kernel, stride) for s in x.shape[-2:])
+    if (h0, w0) == (h1, w1):
+        return F.max_pool2d(x, kernel, stride, padding=(h0, w0))  # pads with -inf
+    return F.max_pool2d(F.pad(x, (w0, w1, h0, h1), value=float("-inf")), kernel, stride)
+
+
+class ResidualBlock(nn.Module):
+    """relu -> conv -> relu -> conv, plus the input. The official code leaves these two convs at
+    flax's default initialiser (lecun_normal), unlike every other layer."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        self.conv0 = SameConv2d(channels, channels, kernel, init="lecun")
+        self.conv1 = SameConv2d(channels, channels, kernel, init="lecun")
+
+    def forward(self, x):
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class ImpalaStack(nn.Module):
+    """conv -> max-pool 3x3 stride 2 -> two residual blocks (Espeholt et al. 2018)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, final_relu: bool = False):
+        super().__init__()
+        self.conv = SameConv2d(in_ch, out_ch, kernel)
+        self.blocks = nn.Sequential(ResidualBlock(out_ch, kernel), ResidualBlock(out_ch, kernel))
+        self.final_relu = final_relu
+
+    def forward(self, x):
+        x = self.blocks(max_pool_same(self.conv(x)))
+        return F.relu(x) if self.final_relu else x
+
+
+class ConvReLU(SameConv2d):
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def encoder_stages(kind: str, in_ch: int = 4, impala_channels=(16, 32, 32), filter_size: int = 3) -> list[nn.Module]:
+    """The encoder as a list of stages (the `all` variant puts a Soft MoE around each one).
+    Impala: three stacks, ReLU at the end; Nature: conv 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU each."""
+    if kind == "impala":
+        chans = [in_ch, *impala_channels]
+        last = len(impala_channels) - 1
+        return [ImpalaStack(chans[i], chans[i + 1], filter_size, final_relu=i == last) for i in range(last + 1)]
+    if kind == "nature":
+        return [ConvReLU(in_ch, 32, 8, 4), ConvReLU(32, 64, 4, 2), ConvReLU(64, 64, 3, 1)]
+    raise ValueError(f"unknown encoder {kind}")
+
+
+def preprocess(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float in [0, 1]; float frames (already scaled, e.g. augmented) pass through."""
+    return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
+# ---- end block: encoders ----
+
+
+# ---- block: tokenizers ----
+def tokenize(features: torch.Tensor, kind: str) -> torch.Tensor:
+    """Encoder output (B, d, h, w) -> tokens (B, m, token_dim) (section 3, figure 3).
+    conv (PerConv): h*w tokens of dimension d, row-major over (h, w) like the official reshape.
+    feat (PerFeat): d tokens of dimension h*w.
+    samp (PerSamp): one token, the whole output flattened in (h, w, d) order."""
+    b, d, h, w = features.shape
+    if kind == "conv":
+        return features.permute(0, 2, 3, 1).reshape(b, h * w, d)
+    if kind == "feat":
+        return features.reshape(b, d, h * w)
+    if kind == "samp":
+        return features.permute(0, 2, 3, 1).reshape(b, 1, h * w * d)
+    raise ValueError(f"unknown tokenizer {kind}")
+
+
+def token_shape(feature_shape: tuple[int, int, int], kind: str) -> tuple[int, int]:
+    """(num_tokens, token_dim) that `tokenize` gives for a (d, h, w) feature map."""
+    d, h, w = feature_shape
+    return {"conv": (h * w, d), "feat": (d, h * w), "samp": (1, h * w * d)}[kind]
+# ---- end block: tokenizers ----
+
+
+# ---- block: moe ----
+def scaled_noise(shape, device) -> torch.Tensor:
+    """f(eps) = sign(eps) sqrt(|eps|), eps ~ N(0, 1): the factorised noise of Fortunato et al."""
+    eps = torch.randn(shape, device=device)
+    return eps.sign() * eps.abs().sqrt()
+
+
+class NoisyLinear(nn.Module):
+    """Factorised Gaussian noisy dense layer (Fortunato et al. 2018) as Dopamine's NoisyNetwork:
+    W = mu_W + sigma_W * (f(eps_in) f(eps_out)^T), b = mu_b + sigma_b * f(eps_out), with
+    mu ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and sigma = 0.1 / sqrt(fan_in). `noise`: `sample`
+    (a fresh draw for every row of the batch, as the official online loss), `shared` (one draw
+    for the batch) or `off`; `set_noise` sets it on a whole network."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_dim).uniform_(-bound, bound))
+        self.sigma_weight = nn.Parameter(torch.full((out_dim, in_dim), 0.1 * bound))
+        self.sigma_bias = nn.Parameter(torch.full((out_dim,), 0.1 * bound))
+        self.noise = "sample"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.noise == "off":
+            return y
+        rows = x.shape[0] if self.noise == "sample" else 1
+        f_in = scaled_noise((rows, x.shape[1]), x.device)
+        f_out = scaled_noise((rows, self.weight.shape[0]), x.device)
+        # per-row factorised noise without materialising a weight per row: (x * f_in) sigma^T * f_out
+        return y + (F.linear(x * f_in, self.sigma_weight) + self.sigma_bias) * f_out
+
+
+def set_noise(module: nn.Module, mode: str) -> None:
+    """Set the noise mode (`sample`, `shared`, `off`) of every noisy layer in `module`."""
+    for m in module.modules():
+        if hasattr(m, "noise"):
+            m.noise = mode
+
+
+def dense_layer(in_dim: int, out_dim: int, noisy: bool = False) -> nn.Module:
+    return NoisyLinear(in_dim, out_dim) if noisy else dense(in_dim, out_dim)
+
+
+class ExpertMLPs(nn.Module):
+    """`num_experts` independent MLPs in_dim -> hidden -> ReLU -> out_dim, run as one batched
+    matmul. The second layer is the linear projection that keeps the token size (section 3).
+    `noisy`: the first layer is a factorised noisy layer (official Rainbow experts), with one
+    noise draw shared by all experts and slots of a sample, as in the official code."""
+
+    def __init__(self, num_experts: int, in_dim: int, hidden: int, out_dim: int, noisy: bool = False):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(num_experts, in_dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(num_experts, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, out_dim))
+        self.b2 = nn.Parameter(torch.zeros(num_experts, out_dim))
+        for w in (self.w1, self.w2):  # xavier per expert: fan_in, fan_out of one expert's kernel
+            bound = math.sqrt(6.0 / (w.shape[1] + w.shape[2]))
+            nn.init.uniform_(w, -bound, bound)
+        if noisy:  # NoisyNetwork's initialiser for the first layer
+            bound = 1.0 / math.sqrt(in_dim)
+            nn.init.uniform_(self.w1, -bound, bound)
+            nn.init.uniform_(self.b1, -bound, bound)
+            self.sigma_w1 = nn.Parameter(torch.full((num_experts, in_dim, hidden), 0.1 * bound))
+            self.sigma_b1 = nn.Parameter(torch.full((num_experts, hidden), 0.1 * bound))
+            self.noise = "sample"
+        self.noisy = noisy
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, E, slots, in_dim) -> outputs (B, E, slots, out_dim), hidden (B, E, slots, hidden)."""
+        b, e, s, _ = x.shape
+        flat = x.transpose(0, 1).reshape(e, b * s, -1)
+        hidden = torch.baddbmm(self.b1.unsqueeze(1), flat, self.w1)
+        if self.noisy and self.noise != "off":
+            rows = b if self.noise == "sample" else 1
+            f_in = scaled_noise((rows, 1, 1, x.shape[-1]), x.device)
+            f_out = scaled_noise((rows, 1, 1, self.w1.shape[-1]), x.device)
+            noisy_in = (x * f_in).transpose(0, 1).reshape(e, b * s, -1)
+            noise = torch.baddbmm(self.sigma_b1.unsqueeze(1), noisy_in, self.sigma_w1).view(e, b, s, -1)
+            hidden = hidden + (noise * f_out.transpose(0, 1)).reshape(e, b * s, -1)
+        hidden = hidden.relu()
+        out = torch.baddbmm(self.b2.unsqueeze(1), hidden, self.w2)
+        return out.view(e, b, s, -1).transpose(0, 1), hidden.view(e, b, s, -1).transpose(0, 1)
+
+
+def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x / (x.norm(dim=dim, keepdim=True) + 1e-6)
+
+
+class SoftRouter(nn.Module):
+    """The routing logits of a Soft MoE, X Phi (section 2.2), with Phi of shape (d, E, p).
+    Initialised like the official code: lecun_normal with fan_in = d * E (flax's rule for a
+    rank-3 kernel). `random_phi`: Phi ~ N(0, 1) drawn afresh for every sample at every call.
+    `normalize`: tokens and Phi columns l2-normalised over d, Phi times a learned scale (init 1)."""
+
+    def __init__(self, token_dim: int, num_experts: int, slots: int, random_phi: bool = False, normalize: bool = False):
+        super().__init__()
+        self.shape = (token_dim, num_experts, slots)
+        self.random_phi, self.normalize = random_phi, normalize
+        self.phi = None if random_phi else nn.Parameter(lecun_normal_(torch.empty(self.shape), fan_in=token_dim * num_experts))
+        self.scale = nn.Parameter(torch.ones(1)) if normalize else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, m, d) -> logits (B, m, E * p)."""
+        b = x.shape[0]
+        phi = torch.randn(b, *self.shape, device=x.device) if self.random_phi else self.phi.expand(b, *self.shape)
+        phi = phi.reshape(b, self.shape[0], -1)
+        if self.normalize:
+            x = l2_normalize(x, dim=-1)
+            phi = self.scale * l2_normalize(phi, dim=1)
+        return torch.bmm(x, phi)
+
+
+def soft_moe_weights(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch D: softmax over the tokens (dim 1) of each slot; combine C: softmax over all
+    E * p slots (dim 2) of each token. Both (B, m, E * p). In float32 whatever the autocast."""
+    logits = logits.float()
+    return logits.softmax(dim=1), logits.softmax(dim=2)
+
+
+class SoftMoE(nn.Module):
+    """Soft MoE (Puigcerver et al. 2023) on tokens X (B, m, d): slot inputs X~ = D^T X, each
+    expert processes its p slots, Y = C Y~. p = ceil(m * capacity_factor / E)."""
+
+    def __init__(self, token_dim, num_tokens, num_experts, expert_hidden, capacity_factor=1.0, random_phi=False,
+                 normalize=False, noisy=False):
+        super().__init__()
+        self.num_experts = num_experts
+        self.slots = math.ceil(num_tokens * capacity_factor / num_experts)
+        self.router = SoftRouter(token_dim, num_experts, self.slots, random_phi, normalize)
+        self.experts = ExpertMLPs(num_experts, token_dim, expert_hidden, token_dim, noisy)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        dispatch, combine = soft_moe_weights(self.router(x))
+        slots_in = torch.bmm(dispatch.transpose(1, 2).to(x.dtype), x)  # (B, E*p, d)
+        out, hidden = self.experts(slots_in.view(x.shape[0], self.num_experts, self.slots, -1))
+        y = torch.bmm(combine.to(out.dtype), out.reshape(x.shape[0], -1, out.shape[-1]))
+        return y, {"hidden": hidden, "dispatch": dispatch, "combine": combine}
+
+
+class Top1MoE(nn.Module):
+    """Top-1 token-choice MoE (Fedus et al. 2022) as the official code runs it: router
+    Dense(d -> E, no bias), softmax, each token goes to its best expert; an expert takes at most
+    ceil(m * capacity_factor / E) tokens, in token order, and the overflow is dropped (output 0).
+    The expert's output is scaled by the gate probability."""
+
+    def __init__(self, token_dim, num_tokens, num_experts, expert_hidden, capacity_factor=1.0, router_noise=False,
+                 noisy=False):
+        super().__init__()
+        self.num_experts = num_experts
+        self.capacity = math.ceil(num_tokens * capacity_factor / num_experts)
+        self.router = nn.Linear(token_dim, num_experts, bias=False)
+        lecun_normal_(self.router.weight, fan_in=token_dim)
+        self.router_noise = router_noise
+        self.experts = ExpertMLPs(num_experts, token_dim, expert_hidden, token_dim, noisy)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        logits = self.router(x).float()  # (B, m, E)
+        noisy = logits + torch.randn_like(logits) / self.num_experts if self.router_noise else logits
+        probs = noisy.softmax(dim=-1)
+        gate, choice = probs.max(dim=-1)  # (B, m)
+        experts = torch.arange(self.num_experts, device=x.device)
+        onehot = (choice.unsqueeze(-1) == experts).long()  # (B, m, E); F.one_hot would sync the host
+        position = onehot.cumsum(dim=1) - 1  # place of each token in its expert's queue
+        slot = position.unsqueeze(-1) == torch.arange(self.capacity, device=x.device)  # (B, m, E, C)
+        dispatch = (slot & onehot.bool().unsqueeze(-1)).to(x.dtype)  # overflow tokens match no slot
+        expert_in = torch.einsum("bmec,bmd->becd", dispatch, x)
+        out, hidden = self.experts(expert_in)
+        y = torch.einsum("bmec,becd->bmd", dispatch, out) * gate.unsqueeze(-1).to(out.dtype)
+        kept = dispatch.sum(dim=(2, 3))  # (B, m): 1 where the token was processed
+        return y, {"hidden": hidden, "logits": logits, "probs": probs, "choice": choice, "kept": kept}
+
+
+def coefficient_of_variation_sq(v: torch.Tensor) -> torch.Tensor:
+    """(std / mean)^2 over the last axis, population std, averaged over the batch."""
+    return (v.std(dim=-1, unbiased=False) / (v.mean(dim=-1) + 1e-6)).pow(2).mean()
+
+
+def importance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Importance loss (Riquelme et al. 2021, appendix A.2): CV^2 of the router probabilities
+    summed over the tokens of a sample. probs (B, m, E)."""
+    return coefficient_of_variation_sq(probs.sum(dim=1))
+
+
+def load_loss(logits: torch.Tensor, noise_std: float) -> torch.Tensor:
+    """Load loss (Riquelme et al. 2021, appendix A.2) for top-1 routing: with fresh noise of std
+    `noise_std` on the logits, P[t, e] = 1 - Phi((threshold_t - logits[t, e]) / noise_std) is the
+    smooth chance that expert e wins token t, the threshold being the best noisy logit of the
+    token; the loss is the CV^2 of P averaged over tokens. logits (B, m, E)."""
+    noisy = logits + torch.randn_like(logits) * noise_std
+    threshold = noisy.max(dim=-1, keepdim=True).values
+    p = 1.0 - torch.special.ndtr((threshold - logits) / noise_std)
+    return coefficient_of_variation_sq(p.mean(dim=1))
+
+
+class DenseBaseline(nn.Module):
+    """The baseline's penultimate layer: flatten the tokens, Dense(width) + ReLU (noisy in the
+    official Rainbow)."""
+
+    def __init__(self, in_dim: int, width: int, noisy: bool = False):
+        super().__init__()
+        self.dense = dense_layer(in_dim, width, noisy)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        hidden = F.relu(self.dense(x.flatten(1)))
+        return hidden, {"hidden": hidden}
+
+
+class StageSoftMoE(nn.Module):
+    """`all` variant (section 5.3): a Soft MoE around one layer (an encoder stage, a dense
+    layer), whose experts are independent copies of the layer. PerSamp tokens: the layer's input
+    is one token, so dispatch hands it whole to each expert's single slot and
+    Y = sum_i C_i layer_i(x)."""
+
+    def __init__(self, stages: list[nn.Module], in_shape: tuple[int, ...], random_phi=False, normalize=False):
+        super().__init__()
+        self.experts = nn.ModuleList(stages)
+        self.router = SoftRouter(math.prod(in_shape), len(stages), 1, random_phi, normalize)
+
+    def forward(self, x):
+        _, combine = soft_moe_weights(self.router(x.flatten(1).unsqueeze(1)))  # (B, 1, E)
+        outs = torch.stack([expert(x) for expert in self.experts], dim=1)  # (B, E, ...)
+        weights = combine.view(*combine.shape[:1], -1, *([1] * (outs.dim() - 2)))
+        return (weights.to(outs.dtype) * outs).sum(dim=1)
+
+
+class BigSoftMoE(nn.Module):
+    """`big` variant (section 5.3, official BigExpertModel): the Soft MoE routes the raw frames
+    and each expert is a whole network: encoder -> Dense(hidden) -> ReLU -> Dense back to its
+    slots. PerConv: 7056 pixel tokens of 4 values, p = floor(sqrt(ceil(m / E)))^2 slots per
+    expert, which the expert sees as a sqrt(p) x sqrt(p) x 4 image. PerSamp: one token, the whole
+    frame stack, which each expert sees as the 4 x 84 x 84 input."""
+
+    def __init__(self, obs_shape, tokenizer, num_experts, expert_hidden, capacity_factor, make_stages, random_phi=False,
+                 normalize=False, noisy=False):
+        super().__init__()
+        c, h, w = obs_shape
+        num_tokens, token_dim = token_shape((c, h, w), tokenizer)
+        if tokenizer == "conv":
+            side = math.isqrt(math.ceil(num_tokens * capacity_factor / num_experts))
+            self.slots, self.image = side * side, (c, side, side)
+        else:  # samp: one slot holding the whole input
+            self.slots, self.image = 1, (c, h, w)
+        self.tokenizer, self.num_experts, self.token_dim = tokenizer, num_experts, token_dim
+        self.router = SoftRouter(token_dim, num_experts, self.slots, random_phi, normalize)
+        self.encoders = nn.ModuleList(nn.Sequential(*make_stages(c)) for _ in range(num_experts))
+        with torch.no_grad():
+            enc_dim = self.encoders[0](torch.zeros(1, *self.image)).numel()
+        self.dense = ExpertMLPs(num_experts, enc_dim, expert_hidden, self.slots * token_dim, noisy)
+
+    def slots_to_images(self, slots: torch.Tensor) -> torch.Tensor:
+        """(B, p, d) slot inputs of one expert -> (B, c, H, W) images, HWC order like `tokenize`."""
+        c, h, w = self.image
+        return slots.reshape(slots.shape[0], h, w, c).permute(0, 3, 1, 2)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x = tokenize(frames, self.tokenizer)
+        dispatch, combine = soft_moe_weights(self.router(x))
+        b = x.shape[0]
+        slots_in = torch.bmm(dispatch.transpose(1, 2).to(x.dtype), x).view(b, self.num_experts, self.slots, -1)
+        feats = torch.stack([enc(self.slots_to_images(slots_in[:, i])).flatten(1) for i, enc in enumerate(self.encoders)], 1)
+        out, hidden = self.dense(feats.unsqueeze(2))  # one "slot" per expert: its whole network
+        y = torch.bmm(combine.to(out.dtype), out.reshape(b, self.num_experts * self.slots, self.token_dim))
+        return y, {"hidden": hidden, "dispatch": dispatch, "combine": combine}
+
+
+class MoETorso(nn.Module):
+    """Everything below the head (figure 2): encoder -> tokenizer -> MoE (or the dense baseline)
+    -> flattened features. With a MoE there is no activation or extra layer after it: the head
+    reads the flattened output tokens directly, as in the official code."""
+
+    def __init__(self, obs_shape=(4, 84, 84), encoder="impala", impala_channels=(16, 32, 32), filter_size=3,
+                 tokenizer="conv", moe="soft", num_experts=8, capacity_factor=1.0, expert_hidden=512,
+                 expert_hidden_divisor=False, scale_hidden=False, random_phi=False, normalize=False,
+                 moe_variant="regular", router_noise=False, noisy=False):
+        super().__init__()
+        hidden = expert_hidden // num_experts if expert_hidden_divisor else expert_hidden
+        self.moe_kind, self.variant, self.tokenizer = moe, moe_variant, tokenizer
+
+        def make_stages(in_ch=obs_shape[0]):
+            return encoder_stages(encoder, in_ch, impala_channels, filter_size)
+
+        if moe_variant == "big":
+            self.encoder = nn.Identity()
+            self.moe = BigSoftMoE(obs_shape, tokenizer, num_experts, hidden, capacity_factor, make_stages, random_phi,
+                                  normalize, noisy)
+            self.out_dim = math.prod(obs_shape)
+            return
+        stages = make_stages()
+        if moe_variant == "all":
+            copies = [make_stages() for _ in range(num_experts)]
+            in_shapes, x = [], torch.zeros(1, *obs_shape)
+            with torch.no_grad():
+                for stage in stages:
+                    in_shapes.append(tuple(x.shape[1:]))
+                    x = stage(x)
+            stages = [StageSoftMoE([c[i] for c in copies], in_shapes[i], random_phi, normalize) for i in range(len(stages))]
+        self.encoder = nn.Sequential(*stages)
+        with torch.no_grad():
+            shape = tuple(self.encoder(torch.zeros(1, *obs_shape)).shape[1:])
+        num_tokens, token_dim = token_shape(shape, tokenizer)
+        if moe_variant == "all":  # the penultimate layer as one token, experts: copies of Dense + ReLU
+            if tokenizer != "samp":
+                raise ValueError("the `all` variant routes every layer as one token: use the samp tokenizer")
+            copies = [nn.Sequential(nn.Flatten(), dense_layer(math.prod(shape), hidden, noisy), nn.ReLU())
+                      for _ in range(num_experts)]
+            self.moe, self.out_dim = StageSoftMoE(copies, shape, random_phi, normalize), hidden
+        elif moe == "none":
+            width = expert_hidden * num_experts if scale_hidden else expert_hidden
+            self.moe, self.out_dim = DenseBaseline(num_tokens * token_dim, width, noisy), width
+        elif moe == "soft":
+            self.moe = SoftMoE(token_dim, num_tokens, num_experts, hidden, capacity_factor, random_phi, normalize, noisy)
+            self.out_dim = num_tokens * token_dim
+        else:
+            self.moe = Top1MoE(token_dim, num_tokens, num_experts, hidden, capacity_factor, router_noise, noisy)
+            self.out_dim = num_tokens * token_dim
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """uint8 frames (B, 4, 84, 84) -> features (B, out_dim), aux (hidden activations, routing)."""
+        x = self.encoder(preprocess(obs))
+        if self.variant == "all":
+            y = self.moe(x)
+            return y, {"hidden": y}
+        if self.variant != "big":
+            x = tokenize(x, self.tokenizer)
+        y, aux = self.moe(x)
+        return y.flatten(1), aux
+# ---- end block: moe ----
+
+
+# ---- block: replay ----
+class FrameReplay:
+    """Circular replay of single uint8 frames on the training device (Dopamine's layout): a
+    frame is stored once, and the 4-frame stacks of a transition are rebuilt by index at
+    sampling time, with the frames from before an episode's start set to zero (the agent's own
+    stack starts from zeros too). Each row is one agent step: the newest frame of s_t, a_t, the
+    clipped r_t and whether the episode terminated after it. When an episode ends, one more row
+    holds its final frame (no action), so truncated episodes bootstrap from their true last
+    state. n-step returns stop at episode ends. Rows are staged on the host and copied to the
+    device in one transfer per field (`flush`); sampling has no host synchronisation."""
+
+    SAMPLE_TRIES = 4  # candidates per sample to skip final-frame rows (all 4 bad: ~(1/ep_len)^4)
+
+    def __init__(self, capacity: int, frame_shape=(84, 84), stack: int = 4, n_step: int = 1, gamma: float = 0.99,
+                 device="cpu", stage_rows: int = 64):
+        self.capacity, self.stack, self.n_step, self.gamma = capacity, stack, n_step, gamma
+        self.device = torch.device(device)
+        dev = self.device
+        self.frames = torch.zeros((capacity, *frame_shape), dtype=torch.uint8, device=dev)
+        self.actions = torch.zeros(capacity, dtype=torch.long, device=dev)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=dev)
+        self.terminated = torch.zeros(capacity, dtype=torch.bool, device=dev)
+        self.final = torch.zeros(capacity, dtype=torch.bool, device=dev)  # row holds an episode's final frame
+        self.ep_pos = torch.zeros(capacity, dtype=torch.int32, device=dev)  # index of the row in its episode
+        self.fields = ("frames", "actions", "rewards", "terminated", "final", "ep_pos")
+        # host staging, pinned so the copy to the GPU is asynchronous; written through numpy views
+        pin = dev.type == "cuda"
+        self.staged = {f: torch.zeros((stage_rows, *getattr(self, f).shape[1:]), dtype=getattr(self, f).dtype,
+                                      pin_memory=pin) for f in self.fields}
+        self.staged_np = {f: t.numpy() for f, t in self.staged.items()}
+        self.num_staged, self.added = 0, 0  # rows staged on the host; rows written to the device
+        self.episode_step = 0
+        self.copy_done = torch.cuda.Event() if pin else None
+        self.bounds = torch.zeros(2, dtype=torch.long, device=dev)  # [lo, hi] of sampleable row ids
+
+    @property
+    def rows(self) -> int:
+        """Rows ever added (staged ones included)."""
+        return self.added + self.num_staged
+
+    def _stage(self, frame, action, reward, terminated, final):
+        if self.num_staged == len(self.staged["frames"]):
+            self.flush()
+        if self.copy_done is not None and self.num_staged == 0:
+            self.copy_done.synchronize()  # the last copy out of the staging area is over
+        i, st = self.num_staged, self.staged_np
+        st["frames"][i] = frame
+        st["actions"][i] = action
+        st["rewards"][i] = reward
+        st["terminated"][i] = terminated
+        st["final"][i] = final
+        st["ep_pos"][i] = self.episode_step
+        self.num_staged += 1
+
+    def add(self, frame, action: int, reward: float, terminated: bool) -> None:
+        """One agent step taken from a state whose newest frame is `frame`."""
+        self._stage(frame, action, reward, terminated, False)
+        self.episode_step += 1
+
+    def add_final(self, frame) -> None:
+        """The frame the episode ended on (after its last step); the next `add` starts an episode."""
+        self._stage(frame, 0, 0.0, False, True)
+        self.episode_step = 0
+
+    def flush(self) -> None:
+        """Copy the staged rows to the device and update the sampling bounds."""
+        k = self.num_staged
+        if k == 0:
+            return
+        idx = (self.added + torch.arange(k, device=self.device)) % self.capacity
+        for f in self.fields:
+            getattr(self, f).index_copy_(0, idx, self.staged[f][:k].to(self.device, non_blocking=True))
+        if self.copy_done is not None:
+            self.copy_done.record()
+        self.added += k
+        self.num_staged = 0
+        self._set_bounds()
+
+    def _row_bounds(self) -> tuple[int, int]:
+        """A row starts a transition when its n successors are written and no frame of its stack
+        has been overwritten."""
+        return max(0, self.added - self.capacity + self.stack - 1), self.added - 1 - self.n_step
+
+    def _set_bounds(self) -> None:
+        lo, hi = self._row_bounds()
+        self.bounds[0].fill_(lo)  # fill_ with a Python number: no copy, no synchronisation
+        self.bounds[1].fill_(max(hi, lo))
+
+    def can_sample(self) -> bool:
+        lo, hi = self._row_bounds()
+        return hi >= lo
+
+    def sample_rows(self, batch_size: int) -> torch.Tensor:
+        """Row ids (B,), uniform over the rows that start a transition."""
+        lo, hi = self.bounds[0], self.bounds[1]
+        u = torch.rand(batch_size, self.SAMPLE_TRIES, device=self.device, dtype=torch.float64)  # float32: 2^24 levels, uneven over 1M rows
+        cand = lo + (u * (hi - lo + 1).to(u.dtype)).long().clamp_max(hi - lo)
+        ok = ~self.final[cand % self.capacity]
+        first_ok = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
+        rows = cand.gather(1, first_ok).squeeze(1)
+        # all candidates final (~(1/episode length)^4): a neighbour of a final row is a step
+        return torch.where(ok.any(dim=1), rows, torch.where(rows > lo, rows - 1, rows + 1))
+
+    def stack_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """The frame stacks (B, stack, H, W) whose newest frame is row `rows` (oldest first)."""
+        back = torch.arange(self.stack - 1, -1, -1, device=self.device)  # 3, 2, 1, 0
+        src = rows.unsqueeze(1) - back  # (B, stack)
+        same_episode = self.ep_pos[rows % self.capacity].unsqueeze(1) >= back
+        frames = self.frames[src % self.capacity]
+        return frames * same_episode.view(*same_episode.shape, 1, 1).to(frames.dtype)
+
+    def gather(self, rows: torch.Tensor) -> dict:
+        """Transitions starting at `rows`: obs, action, n-step return, discount, next_obs.
+        `discount` is gamma^k for the k rewards summed, 0 when the episode terminated."""
+        n, cap = self.n_step, self.capacity
+        ahead = torch.arange(n, device=self.device)
+        nxt = (rows.unsqueeze(1) + ahead) % cap  # rows t .. t+n-1
+        ends = self.final[(rows.unsqueeze(1) + ahead + 1) % cap]  # row t+j+1 is a final frame
+        used = torch.cat([torch.ones_like(ends[:, :1]), (~ends[:, :-1]).cumprod(dim=1).bool()], dim=1)
+        discounts = self.gamma ** ahead.to(torch.float32)
+        ret = (self.rewards[nxt] * discounts * used).sum(dim=1)
+        k = used.sum(dim=1)  # rewards summed
+        last = rows + k - 1
+        done = self.terminated[last % cap]
+        return {
+            "obs": self.stack_at(rows),
+            "action": self.actions[rows % cap],
+            "return": ret,
+            "discount": (self.gamma ** k.to(torch.float32)) * (~done).to(torch.float32),
+            "next_obs": self.stack_at(rows + k),
+            "rows": rows,
+        }
+
+    def sample(self, batch_size: int) -> dict:
+        return self.gather(self.sample_rows(batch_size))
+
+    def state_dict(self) -> dict:
+        self.flush()
+        n = min(self.added, self.capacity)
+        state = {f: getattr(self, f)[:n].cpu() for f in self.fields}
+        state.update(added=self.added, episode_step=self.episode_step, capacity=self.capacity)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            fail(f"the checkpoint's replay holds {state['capacity']} transitions, not {self.capacity}: pass the run's --buffer-size")
+        n = len(state["frames"])
+        for f in self.fields:
+            getattr(self, f)[:n].copy_(state[f])
+        self.num_staged, self.added, self.episode_step = 0, state["added"], state["episode_step"]
+        self._set_bounds()
+# ---- end block: replay ----
+
+
+# ---- block: prioritized_replay ----
+class PrioritizedFrameReplay(FrameReplay):
+    """Proportional prioritised replay (Schaul et al. 2016) as Dopamine's Rainbow runs it: a
+    transition is drawn with probability proportional to its priority, new ones enter with the
+    largest priority seen so far, an update sets the priorities of its batch to
+    sqrt(loss + 1e-10) (exponent 0.5 on the loss), and the importance weights are
+    1 / sqrt(priority) over their batch maximum (exponent 0.5). On the device: one cumulative sum
+    over the buffer and a binary search per sample, stratified into batch_size equal segments
+    like Dopamine's sum tree; rows that cannot start a transition weigh 0. No host sync."""
+
+    def __init__(self, capacity: int, frame_shape=(84, 84), stack: int = 4, n_step: int = 1, gamma: float = 0.99,
+                 device="cpu", stage_rows: int = 64):
+        super().__init__(capacity, frame_shape, stack, n_step, gamma, device, stage_rows)
+        self.priorities = torch.zeros(capacity, dtype=torch.float32, device=self.device)
+        self.max_priority = torch.ones((), dtype=torch.float32, device=self.device)
+        self.positions = torch.arange(capacity, device=self.device)
+
+    def flush(self) -> None:
+        k, start = self.num_staged, self.added
+        super().flush()
+        if k:
+            idx = (start + torch.arange(k, device=self.device)) % self.capacity
+            self.priorities.index_copy_(0, idx, self.max_priority.expand(k))
+
+    def row_of_position(self, pos: torch.Tensor) -> torch.Tensor:
+        """The row id stored at buffer position `pos` (the newest row written there)."""
+        newest = self.bounds[1] + self.n_step  # = rows written - 1 once sampling is possible
+        return newest - (newest - pos) % self.capacity
+
+    def sample_rows(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ids (B,) drawn proportionally to priority, and their priorities."""
+        rows_here = self.row_of_position(self.positions)
+        valid = (rows_here >= self.bounds[0]) & (rows_here <= self.bounds[1]) & ~self.final
+        weights = self.priorities * valid
+        cdf = weights.double().cumsum(0)
+        u = (torch.arange(batch_size, device=self.device) + torch.rand(batch_size, device=self.device, dtype=torch.float64))
+        mass = (u / batch_size).clamp_max(1 - 1e-12) * cdf[-1]  # strictly below the total: lands on a valid row
+        pos = torch.searchsorted(cdf, mass, right=True)
+        return rows_here[pos], weights[pos]
+
+    def sample(self, batch_size: int) -> dict:
+        rows, priority = self.sample_rows(batch_size)
+        batch = self.gather(rows)
+        weights = 1.0 / torch.sqrt(priority + 1e-10)
+        batch["weights"] = weights / weights.max()
+        return batch
+
+    def update_priorities(self, rows: torch.Tensor, priorities: torch.Tensor) -> None:
+        self.priorities[rows % self.capacity] = priorities
+        torch.maximum(self.max_priority, priorities.max(), out=self.max_priority)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        n = min(self.added, self.capacity)
+        state.update(priorities=self.priorities[:n].cpu(), max_priority=self.max_priority.cpu())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.priorities[: len(state["priorities"])].copy_(state["priorities"])
+        self.max_priority.copy_(state["max_priority"])
+# ---- end block: prioritized_replay ----
+
+
+# ---- block: metrics ----
+@torch.no_grad()
+def dormant_official(hidden: torch.Tensor) -> float:
+    """The official code's dormant percentage (Sokar et al. score with tau = 0): per unit, the
+    mean |activation| over the batch (and, for experts, over all experts and slots, as the code
+    of the paper's time did), normalised by the sum over units; % of units whose score is 0."""
+    s = hidden.abs().reshape(hidden.shape[0], -1, hidden.shape[-1]).mean(dim=(0, 1))
+    s = s / (s.sum() + 1e-9)
+    return 100.0 * (s <= 0.0).float().mean().item()
+
+
+@torch.no_grad()
+def dormant_fraction(hidden: torch.Tensor, tau: float) -> float:
+    """Sokar et al. (2023): unit i is dormant when E|h_i| / mean_j E|h_j| <= tau, the
+    expectations over the batch (and slots); every expert's units count separately.
+    hidden: (B, H) for a dense layer, (B, E, slots, H) for experts."""
+    score = hidden.abs().mean(dim=0) if hidden.dim() == 2 else hidden.abs().mean(dim=(0, 2))
+    score = score / (score.mean() + 1e-9)
+    return (score <= tau).float().mean().item()
+
+
+@torch.no_grad()
+def srank(features: torch.Tensor, delta: float = 0.01) -> int:
+    """Effective rank of Kumar et al. (2021): the fewest singular values of the (B, F) feature
+    matrix whose sum reaches (1 - delta) of the total."""
+    sv = torch.linalg.svdvals(features.double())
+    cum = sv.cumsum(0) / sv.sum().clamp_min(1e-12)
+    return int((cum < 1 - delta).sum().item()) + 1
+
+
+@torch.no_grad()
+def srank_official(features: torch.Tensor, threshold: float = 0.01) -> int:
+    """The official code's 'srank': the number of singular values above threshold * the largest."""
+    sv = torch.linalg.svdvals(features.double())
+    return int((sv / sv.max().clamp_min(1e-12) > threshold).sum().item())
+
+
+@torch.no_grad()
+def expert_usage(aux: dict, num_experts: int) -> dict:
+    """Per-expert load and routing entropy. Soft MoE: the combine weight each expert gets (summed
+    over its slots, averaged over tokens and batch; sums to 1) and the entropies of the combine
+    (over slots) and dispatch (over tokens) distributions, normalised to [0, 1]. Top1: the share
+    of tokens each expert receives, the share dropped for capacity, the router entropy."""
+    out = {}
+    if "combine" in aux:
+        combine, dispatch = aux["combine"], aux["dispatch"]
+        load = combine.reshape(*combine.shape[:2], num_experts, -1).sum(-1).mean(dim=(0, 1))
+        ent_c = -(combine * combine.clamp_min(1e-12).log()).sum(-1).mean() / math.log(max(combine.shape[-1], 2))
+        ent_d = -(dispatch * dispatch.clamp_min(1e-12).log()).sum(1).mean() / math.log(max(dispatch.shape[1], 2))
+        out.update(combine_entropy=ent_c.item(), dispatch_entropy=ent_d.item())
+    elif "choice" in aux:
+        load = F.one_hot(aux["choice"], num_experts).float().mean(dim=(0, 1))
+        probs = aux["probs"]
+        ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean() / math.log(max(num_experts, 2))
+        out.update(router_entropy=ent.item(), dropped_tokens=1.0 - aux["kept"].mean().item())
+    else:
+        return out
+    out.update({f"expert_load/{i}": v for i, v in enumerate(load.tolist())})
+    return out
+
+
+@torch.no_grad()
+def representation_metrics(features: torch.Tensor, aux: dict, num_experts: int, tau: float) -> dict:
+    """The analysis metrics of figure 10 on one batch, official definitions and the usual ones.
+    features: what the head reads (flattened MoE output; the baseline's post-ReLU layer)."""
+    hidden = aux["hidden"]
+    return {
+        "dormant_official_pct": dormant_official(hidden),
+        "dormant_fraction": dormant_fraction(hidden, tau),
+        "feature_norm": features.norm(dim=1).mean().item(),
+        "feature_var_norm_official": features.var(dim=0, unbiased=False).norm().item(),
+        "srank": srank(features),
+        "srank_official": srank_official(features),
+        **expert_usage(aux, num_experts),
+    }
+# ---- end block: metrics ----
+
+
+# ---- block: logging ----
+class RunLogger:
+    """TensorBoard always, wandb with --track (it mirrors TensorBoard; WANDB_MODE=offline works
+    without network), and `summary.jsonl` in the run folder: one JSON record per iteration and a
+    final one, which benchmark/aggregate.py reads. On resume, records and TensorBoard events past
+    the checkpoint are dropped so the resumed run reads as one."""
+
+    def __init__(self, run_dir: str, args, resume_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        config = dataclasses.asdict(args)
+        self.wandb = None
+        if args.track:
+            import wandb
+
+            self.wandb = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=config,
+                                    name=os.path.basename(run_dir), dir=run_dir, sync_tensorboard=True,
+                                    save_code=True, resume="allow", id=os.path.basename(run_dir)[-64:])
+        self.writer = SummaryWriter(run_dir, purge_step=resume_step if resume_step else None)
+        if not resume_step:
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+        self.summary_path = os.path.join(run_dir, "summary.jsonl")
+        self._truncate_summary(resume_step)
+
+    def _truncate_summary(self, step: int) -> None:
+        if not os.path.exists(self.summary_path):
+            return
+        with open(self.summary_path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        with open(self.summary_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records if r["step"] <= step and not r.get("final"))
+
+    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        for k, v in values.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                self.writer.add_scalar(f"{prefix}{k}", v, step)
+
+    def record(self, record: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.summary_path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+# ---- end block: logging ----
+
+
+# ---- block: checkpoint ----
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed over
+    the old checkpoint, so a kill at any moment leaves either the old or the new one whole."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.exists(path):
+        fail(f"no checkpoint at {path}: --resume takes a run folder that holds checkpoint.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling error means the file is unusable
+        fail(f"the checkpoint {path} is corrupt or unreadable ({type(e).__name__}); start a new run or restore a copy")
+
+
+# Flags that may differ between a run and its resumption; every other one must match.
+RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
+                   "capture_video", "device", "cudagraphs", "compile", "log_every", "runs_dir", "exp_name"}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
+    """Load an optimiser saved with or without CUDA graphs into one that runs with `capturable`
+    (load_state_dict would keep the saved setting): step counters live on the parameters'
+    device when captured, on the CPU otherwise."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        if "capturable" in group:
+            group["capturable"] = capturable
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(p.device if capturable else "cpu", torch.float32)
+
+
+def check_resume_flags(saved: dict, args) -> None:
+    for key, value in dataclasses.asdict(args).items():
+        if key in RESUMABLE_FLAGS or key not in saved:
+            continue
+        old = saved[key]
+        if (list(old) if isinstance(old, (list, tuple)) else old) != (list(value) if isinstance(value, (list, tuple)) else value):
+            flag = "--" + key.replace("_", "-")
+            fail(f"the run to resume was started with {flag} {old}, not {value}: pass the run's own flags to --resume")
+# ---- end block: checkpoint ----
+
+
+# ---- block: speed ----
+def configure_backends(device, deterministic: bool) -> None:
+    """Deterministic cudnn kernels, or let cudnn time its kernels and keep the fastest (a few %
+    faster on the GPU); TF32 matrix units for float32 matmuls and convolutions on the GPU."""
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def memory_format(device) -> torch.memory_format:
+    """Channels-last convolutions are faster on the GPU (benchmark/RESULTS.md); same maths."""
+    return torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
+
+
+class CapturedStep:
+    """Runs `fn()` (no arguments: it reads tensors that stay in place and returns tensors) as a
+    CUDA graph: the first `warmup` calls run eagerly on a side stream (they are real steps), the
+    next one captures the graph, and every call from then on replays it. The returned tensors
+    are overwritten by the next call. Without `enabled` it simply calls `fn`."""
+
+    def __init__(self, fn, enabled: bool, warmup: int = 3):
+        self.fn, self.enabled, self.warmup = fn, enabled, warmup
+        self.calls, self.graph, self.out = 0, None, None
+
+    def __call__(self):
+        if not self.enabled:
+            return self.fn()
+        if self.calls < self.warmup:
+            self.calls += 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                out = self.fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            return out
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn()
+        self.graph.replay()
+        return self.out
+# ---- end block: speed ----
+
+
+# ============================================================================================
+# Data augmentation (DrQ)
+# ============================================================================================
+# ---- block: augmentation ----
+def drq_augment(obs: torch.Tensor, pad: int = 4, intensity_scale: float = 0.05) -> torch.Tensor:
+    """DrQ's augmentation as the official Atari 100k agent applies it (Yarats et al. 2021): each
+    sample is padded by `pad` pixels repeating its edge and cropped back at a random offset (the
+    same for every frame of its stack; offsets 0..2*pad-1 in the padded image, as the official
+    `randint` whose upper bound is exclusive), then multiplied by 1 + 0.05 * clip(N(0, 1), -2, 2),
+    one factor per sample. uint8 (B, C, H, W) -> float frames, scaled as `preprocess` scales them."""
+    b, c, h, w = obs.shape
+    dev = obs.device
+    offsets = torch.randint(0, 2 * pad, (b, 2), device=dev) - pad  # shift of the crop, -pad .. pad-1
+    rows = (torch.arange(h, device=dev) + offsets[:, :1]).clamp(0, h - 1)  # edge padding = clamped index
+    cols = (torch.arange(w, device=dev) + offsets[:, 1:]).clamp(0, w - 1)
+    shifted = obs[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+                  rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+    intensity = 1.0 + intensity_scale * torch.randn(b, 1, 1, 1, device=dev).clamp(-2.0, 2.0)
+    return preprocess(shifted) * intensity
+# ---- end block: augmentation ----
+
+
+# ============================================================================================
+# The agent: Q-network, loss, update
+# ============================================================================================
+# ---- block: rainbow_agent ----
+class RainbowNetwork(nn.Module):
+    """MoETorso -> dueling, noisy C51 head (official FullRainbowMoENetwork): advantage
+    Dense(A * atoms) and value Dense(atoms) read the flattened MoE output directly;
+    logits = value + advantage - mean_a advantage, per atom. Q = sum_z z softmax(logits)."""
+
+    def __init__(self, args: Args, num_actions: int):
+        super().__init__()
+        self.torso = MoETorso(
+            encoder=args.encoder, impala_channels=args.impala_channels, filter_size=args.filter_size,
+            tokenizer=args.tokenizer, moe=args.moe, num_experts=args.num_experts,
+            capacity_factor=args.capacity_factor, expert_hidden=args.expert_hidden,
+            expert_hidden_divisor=args.expert_hidden_divisor, scale_hidden=args.scale_hidden,
+            random_phi=args.random_phi, normalize=args.normalize, moe_variant=args.moe_variant,
+            router_noise=args.router_noise, noisy=args.noisy)
+        self.num_actions, self.num_atoms, self.dueling = int(num_actions), args.num_atoms, args.dueling
+        width = self.torso.out_dim
+        self.advantage = dense_layer(width, num_actions * args.num_atoms, args.noisy)
+        self.value = dense_layer(width, args.num_atoms, args.noisy) if args.dueling else None
+        self.register_buffer("support", torch.linspace(-args.v_max, args.v_max, args.num_atoms) if args.num_atoms > 1
+                             else torch.ones(1))
+
+    def forward(self, obs: torch.Tensor, with_aux: bool = False):
+        """uint8 frames -> Q (B, A), logits (B, A, atoms) [, features, aux]."""
+        features, aux = self.torso(obs)
+        logits = self.advantage(features).view(-1, self.num_actions, self.num_atoms)
+        if self.dueling:
+            logits = self.value(features).unsqueeze(1) + logits - logits.mean(dim=1, keepdim=True)
+        q = (logits.softmax(dim=-1) * self.support).sum(-1) if self.num_atoms > 1 else logits.squeeze(-1)
+        return (q, logits, features, aux) if with_aux else (q, logits)
+
+
+def linearly_decaying_epsilon(step: int, warmup: int, decay: int, final: float) -> float:
+    """Dopamine's schedule: 1 during the first `warmup` steps, then linear down to `final`."""
+    return final + min(max((1.0 - final) * (decay + warmup - step) / decay, 0.0), 1.0 - final)
+
+
+def project_distribution(target_support: torch.Tensor, probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """C51 projection (Bellemare et al. 2017, Dopamine's project_distribution): the mass
+    probs[b, j] sitting at target_support[b, j] (clipped into [z_0, z_K-1]) is shared between the
+    two nearest atoms z_i in proportion 1 - |target - z_i| / delta_z. (B, K) -> (B, K)."""
+    delta_z = support[1] - support[0]
+    clipped = target_support.clamp(support[0], support[-1]).unsqueeze(1)  # (B, 1, K): source atoms j
+    share = (1.0 - (clipped - support.view(1, -1, 1)).abs() / delta_z).clamp(0.0, 1.0)  # (B, K_i, K_j)
+    return (share * probs.unsqueeze(1)).sum(dim=2)
+
+
+def rainbow_targets(args: Args, q_net: RainbowNetwork, target_net: RainbowNetwork, batch: dict) -> torch.Tensor:
+    """The target of every transition: the projected distribution of R + gamma^n Z(s', a*)
+    (C51), or the scalar R + gamma^n Q(s', a*); a* from the online network with --double, from
+    the target network otherwise. One noise draw for the whole batch, as the official target.
+    A target network synced at every update (DrQ(eps)) is the online network itself: the same
+    weights and the same noise draw, so the double-DQN pass would repeat this one."""
+    with torch.no_grad():
+        set_noise(target_net, "shared")
+        q_next, logits_next = target_net(batch["next_obs"])
+        set_noise(target_net, "sample")
+        if args.double and q_net is not target_net:
+            set_noise(q_net, "shared")
+            q_next = q_net(batch["next_obs"])[0]
+            set_noise(q_net, "sample")
+        best = q_next.argmax(dim=1)
+        logits_best = logits_next[torch.arange(len(best), device=best.device), best]  # (B, atoms)
+        if args.num_atoms == 1:
+            return batch["return"] + batch["discount"] * logits_best.squeeze(-1)
+        support = target_net.support
+        target_support = batch["return"].unsqueeze(1) + batch["discount"].unsqueeze(1) * support
+        return project_distribution(target_support, logits_best.softmax(dim=-1), support)
+
+
+def rainbow_loss(args: Args, q_net: RainbowNetwork, batch: dict, targets: torch.Tensor):
+    """Per-transition loss: cross-entropy between the projected target and the predicted
+    distribution of the action taken (C51), or Huber on scalar Q. Weighted by the importance
+    weights; the Top1 auxiliary losses are added when weighted. Returns (loss to minimise,
+    per-transition loss)."""
+    need_router = args.moe == "top1" and (args.importance_loss_weight > 0 or args.load_loss_weight > 0)
+    if need_router:
+        _, logits, _, aux = q_net(batch["obs"], with_aux=True)
+    else:
+        _, logits = q_net(batch["obs"])
+    chosen = logits[torch.arange(len(logits), device=logits.device), batch["action"]]  # (B, atoms)
+    if args.num_atoms == 1:
+        per_sample = F.smooth_l1_loss(chosen.squeeze(-1), targets, reduction="none")
+    else:
+        per_sample = -(targets * chosen.log_softmax(dim=-1)).sum(dim=-1)
+    total = (batch["weights"] * per_sample).mean() if "weights" in batch else per_sample.mean()
+    if need_router:
+        if args.importance_loss_weight > 0:
+            total = total + args.importance_loss_weight * importance_loss(aux["probs"])
+        if args.load_loss_weight > 0:
+            total = total + args.load_loss_weight * load_loss(aux["logits"], 1.0 / args.num_experts)
+    return total, per_sample
+
+
+def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameReplay, augment=None) -> CapturedStep:
+    """One gradient update: prioritised (or uniform) sampling on the device, targets, loss,
+    backward, Adam, new priorities. `augment` (DrQ) transforms the states and the next states,
+    each with its own draw. No host synchronisation; returns the mean loss (a tensor)."""
+
+    def update():
+        batch = replay.sample(args.batch_size)
+        if augment is not None:
+            batch["obs"], batch["next_obs"] = augment(batch["obs"]), augment(batch["next_obs"])
+        total, per_sample = rainbow_loss(args, q_net, batch, rainbow_targets(args, q_net, target_net, batch))
+        optimizer.zero_grad(set_to_none=False)
+        total.backward()
+        optimizer.step()
+        if args.prioritized:
+            replay.update_priorities(batch["rows"], torch.sqrt(per_sample.detach() + 1e-10))
+        return per_sample.detach().mean()
+
+    return CapturedStep(torch.compile(update) if args.compile else update, args.cudagraphs)
+
+
+def make_act_step(args: Args, q_net, act_input: torch.Tensor) -> CapturedStep:
+    """The greedy action for the frame stack held in `act_input` (1, 4, 84, 84), noise on."""
+
+    @torch.no_grad()
+    def greedy_action():
+        return q_net(act_input)[0].argmax(dim=1)
+
+    return CapturedStep(torch.compile(greedy_action) if args.compile else greedy_action, args.cudagraphs)
+
+
+def validate_args(args: Args) -> None:
+    """Reject flag combinations that cannot work, with one line that says what to do."""
+    if args.num_atoms < 1:
+        fail(f"--num-atoms must be at least 1 (got {args.num_atoms})")
+    if args.num_atoms > 1 and args.v_max <= 0:
+        fail(f"--v-max must be positive (got {args.v_max})")
+    if args.num_experts < 1:
+        fail(f"--num-experts must be at least 1 (got {args.num_experts})")
+    if args.expert_hidden_divisor and args.expert_hidden // args.num_experts < 1:
+        fail(f"--expert-hidden-divisor: {args.expert_hidden} // {args.num_experts} experts leaves no hidden unit")
+    if args.capacity_factor <= 0:
+        fail(f"--capacity-factor must be positive (got {args.capacity_factor})")
+    if args.encoder != "impala" and args.filter_size != 3:
+        fail("--filter-size applies to the Impala encoder only; drop it or use --encoder impala")
+    if args.moe_variant != "regular" and args.moe != "soft":
+        fail(f"--moe-variant {args.moe_variant} is a Soft MoE variant (section 5.3): use --moe soft")
+    if args.moe_variant == "all" and args.tokenizer != "samp":
+        fail("--moe-variant all routes every layer as one token (PerSamp, section 5.3): add --tokenizer samp")
+    if args.moe_variant == "big" and args.tokenizer == "feat":
+        fail("--moe-variant big routes raw frames with --tokenizer conv (pixels, official) or samp (paper); feat cannot form expert images")
+    if args.scale_hidden and args.moe != "none":
+        fail("--scale-hidden widens the baseline's dense layer: use it with --moe none")
+    if (args.random_phi or args.normalize) and args.moe != "soft":
+        fail("--random-phi and --normalize change the Soft MoE router: use them with --moe soft")
+    if (args.router_noise or args.importance_loss_weight or args.load_loss_weight) and args.moe != "top1":
+        fail("--router-noise and the auxiliary loss weights belong to the Top1 router: use them with --moe top1")
+    if args.replay_ratio is not None:
+        rr = args.replay_ratio
+        if rr <= 0 or (rr < 1 and abs(1 / rr - round(1 / rr)) > 1e-9) or (rr >= 1 and abs(rr - round(rr)) > 1e-9):
+            fail(f"--replay-ratio must be 1/k or k for a whole k (got {rr}), e.g. 0.25, 0.5, 1, 2")
+    for name in ("update_period", "target_update_period", "batch_size", "n_step", "iteration_steps", "buffer_size"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.buffer_size < args.batch_size + args.n_step + 8:
+        fail(f"--buffer-size {args.buffer_size} is too small for --batch-size {args.batch_size}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {args.device}: no CUDA device is visible; use --device cpu")
+    if args.cudagraphs and not (args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())):
+        fail("--cudagraphs needs a CUDA device")
+
+
+def updates_schedule(args: Args) -> tuple[int, int]:
+    """(period, updates per period): --replay-ratio r gives one update every 1/r steps (r < 1)
+    or r updates every step; otherwise one update every --update-period steps."""
+    if args.replay_ratio is None:
+        return args.update_period, 1
+    if args.replay_ratio < 1:
+        return round(1 / args.replay_ratio), 1
+    return 1, round(args.replay_ratio)
+
+# ---- end block: rainbow_agent ----
+
+
+# ============================================================================================
+# The Atari 100k protocol: training, evaluation
+# ============================================================================================
+# ---- block: atari100k_loop ----
+LONG_SCHEDULE = dict(total_steps=12_500_000, eval_every=250_000)  # figures 12 and 16: 50M frames
+
+
+def validate_atari100k_args(args: Args) -> None:
+    """The protocol's flags, on top of the agent's (`validate_args`)."""
+    for name in ("total_steps", "iteration_steps"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("eval_every", "eval_episodes", "max_noops"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(args, name)})")
+    if not 0.0 <= args.eval_epsilon <= 1.0:
+        fail(f"--eval-epsilon must lie in [0, 1] (got {args.eval_epsilon})")
+
+
+def start_episode(env, rng: np.random.Generator, max_noops: int, seed: Optional[int] = None):
+    """Reset, then 0..max_noops-1 NOOP actions (action 0) that are not agent steps, as the
+    official runner's `_initialize_episode`."""
+    obs, info = env.reset(seed=seed)
+    for _ in range(int(rng.integers(max_noops)) if max_noops > 0 else 0):
+        obs, _, terminated, truncated, info = env.step(0)
+        if terminated or truncated:
+            obs, info = env.reset()
+    return obs, info
+
+
+def set_eval_noise(q_net: nn.Module, expert_noise: bool) -> None:
+    """Evaluation: the noisy heads run on their means (the official `eval_mode`); the official
+    experts never receive `eval_mode`, so their noise stays on unless `expert_noise` is False."""
+    set_noise(q_net, "off")
+    if expert_noise:
+        for m in q_net.modules():
+            if isinstance(m, ExpertMLPs) and m.noisy:
+                m.noise = "sample"
+
+
+def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
+             rng: np.random.Generator) -> list[float]:
+    """`args.eval_episodes` episodes at once, one per environment of ale-py's threaded vector env
+    (same preprocessing as `make_env`, byte for byte), with epsilon `args.eval_epsilon`, random
+    no-op starts, and a fresh frame stack after a lost life when --terminal-on-life-loss. An
+    episode ends at game over or after --max-episode-frames. Returns the unclipped returns."""
+    n = args.eval_episodes
+    envs = AtariVectorEnv(gym.spec(env_id).kwargs["game"], n, repeat_action_probability=0.25 if args.sticky_actions else 0.0,
+                          max_num_frames_per_episode=args.max_episode_frames, stack_num=1, noop_max=0,
+                          use_fire_reset=False, reward_clipping=False, episodic_life=False)
+    obs, info = envs.reset(seed=int(rng.integers(2**31)))
+    stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
+    stacks[:, -1] = obs[:, -1]
+    noops = rng.integers(args.max_noops, size=n) if args.max_noops > 0 else np.zeros(n, dtype=np.int64)
+    lives, returns, done = info["lives"].copy(), np.zeros(n), np.zeros(n, dtype=bool)
+    while not done.all():
+        eval_input.copy_(torch.from_numpy(stacks))
+        greedy = eval_step().cpu().numpy()
+        random_actions = rng.integers(num_actions, size=n)
+        actions = np.where(rng.random(n) < args.eval_epsilon, random_actions, greedy)
+        in_noops = noops > 0
+        actions[in_noops] = 0
+        obs, reward, terminated, truncated, info = envs.step(actions)
+        returns += np.where(done | in_noops, 0.0, reward)
+        stacks[:, :-1] = stacks[:, 1:]
+        stacks[:, -1] = obs[:, -1]
+        new_stack = in_noops | (args.terminal_on_life_loss & (info["lives"] < lives))
+        stacks[new_stack, :-1] = 0
+        lives, noops = info["lives"].copy(), np.maximum(noops - 1, 0)
+        done |= terminated | truncated
+    envs.close()
+    return returns.tolist()
+
+
+def main(args: Args) -> str:
+    if args.long_schedule:
+        args = dataclasses.replace(args, **LONG_SCHEDULE)
+    validate_args(args)
+    validate_atari100k_args(args)
+    env_id = resolve_env_id(args.env_id)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    configure_backends(device, args.torch_deterministic)
+
+    game = env_id.split("/")[-1].split("-")[0]
+    checkpoint = None
+    if args.resume:
+        run_dir = args.resume.rstrip("/")
+        checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+        check_resume_flags(checkpoint["args"], args)
+    else:
+        run_dir = os.path.join(args.runs_dir, f"{game}__{args.exp_name}__{args.moe}{args.num_experts}__{args.seed}__{int(time.time())}")
+    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    explore_rng = np.random.default_rng(args.seed)  # epsilon-greedy and no-op starts of training
+
+    env = make_env(env_id, args.seed, args.sticky_actions, args.max_episode_frames,
+                   os.path.join(run_dir, "videos") if args.capture_video else None)
+    num_actions = int(env.action_space.n)
+    q_net = RainbowNetwork(args, num_actions).to(device, memory_format=memory_format(device))
+    # a target synced at every step holds the weights the online network has when it is read
+    target_net = q_net if args.target_update_period == 1 else copy.deepcopy(q_net).requires_grad_(False)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps,
+                                 capturable=args.cudagraphs)
+    # a run writes at most one row per step plus one per episode end: a larger buffer never fills
+    capacity = min(args.buffer_size, 2 * args.total_steps + 8)
+    replay_class = PrioritizedFrameReplay if args.prioritized else FrameReplay
+    replay = replay_class(capacity, (84, 84), 4, args.n_step, args.gamma, device)
+    period, updates_per_period = updates_schedule(args)
+
+    # --- the loop's state, all of it in the checkpoint ---
+    step, iteration = 0, 0
+    obs_stack = np.zeros((4, 84, 84), dtype=np.uint8)
+    episode_return, episode_length = 0.0, 0
+    iteration_returns: list[float] = []
+    last_eval_return = float("nan")
+    recent_returns: deque = deque(maxlen=20)
+    iteration_start = (0, time.time())
+    loss_sum = torch.zeros((), device=device)  # summed on the device, read every --log-every steps
+    loss_count, nonfinite = 0, torch.zeros((), dtype=torch.bool, device=device)
+
+    obs, info = start_episode(env, explore_rng, args.max_noops, seed=args.seed)
+    obs_stack[-1] = obs
+    lives = info["lives"]
+    if checkpoint is not None:
+        q_net.load_state_dict(checkpoint["q_net"])
+        target_net.load_state_dict(checkpoint["target_net"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"], capturable=args.cudagraphs)
+        replay.load_state_dict(checkpoint["replay"])
+        loop = checkpoint["loop"]
+        step, iteration = loop["step"], loop["iteration"]
+        obs_stack, lives = loop["obs_stack"], loop["lives"]
+        episode_return, episode_length = loop["episode_return"], loop["episode_length"]
+        iteration_returns, recent_returns = loop["iteration_returns"], deque(loop["recent_returns"], maxlen=20)
+        last_eval_return = loop["last_eval_return"]
+        explore_rng.bit_generator.state = loop["explore_rng"]
+        set_env_state(env, loop["env"])
+        set_rng_state(checkpoint["rng"])
+        iteration_start = (loop["iteration_start_step"], time.time())
+
+    logger = RunLogger(run_dir, args, resume_step=step)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({**dataclasses.asdict(args), "env_id": env_id, "num_actions": num_actions}, f, indent=1)
+
+    update_step = make_update_step(args, q_net, target_net, optimizer, replay,
+                                   augment=drq_augment if args.data_augmentation else None)
+    act_input = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, device=device)
+    act_step = make_act_step(args, q_net, act_input)
+    act_host = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    eval_input = torch.zeros((args.eval_episodes, 4, 84, 84), dtype=torch.uint8, device=device)
+    eval_step = CapturedStep(torch.no_grad()(lambda: q_net(eval_input)[0].argmax(dim=1)), args.cudagraphs)
+
+    def checkpoint_state() -> dict:
+        return {
+            "args": dataclasses.asdict(args), "q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
+            "optimizer": optimizer.state_dict(), "replay": replay.state_dict(), "rng": rng_state(),
+            "loop": {"step": step, "iteration": iteration, "obs_stack": obs_stack.copy(), "lives": lives,
+                     "episode_return": episode_return, "episode_length": episode_length,
+                     "iteration_returns": list(iteration_returns), "recent_returns": list(recent_returns),
+                     "last_eval_return": last_eval_return,
+                     "explore_rng": explore_rng.bit_generator.state, "env": get_env_state(env),
+                     "iteration_start_step": iteration_start[0]},
+        }
+
+    def stop_if_nonfinite() -> None:
+        if bool(nonfinite):
+            logger.close()
+            kept = f"the last good checkpoint ({ckpt_path}) is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
+            fail(f"the loss became NaN or infinite before step {step}; the run stops and {kept}. Lower --learning-rate or check the flags")
+
+    def run_evaluation() -> float:
+        """Evaluate at this step; the RNG depends only on (seed, step), so training never sees it."""
+        set_eval_noise(q_net, args.eval_expert_noise)
+        start = time.time()
+        returns = evaluate(args, env_id, eval_step, eval_input, num_actions, np.random.default_rng([args.seed, step]))
+        set_noise(q_net, "sample")
+        mean = float(np.mean(returns)) if returns else float("nan")
+        logger.scalars({"return": mean, "seconds": time.time() - start}, step, "eval/")
+        logger.record({"eval": True, "step": step, "frames": 4 * step, "eval_return": mean,
+                       "eval_episodes": len(returns), "eval_returns": returns})
+        print(f"evaluation at step {step:,}: mean return {mean:.2f} over {len(returns)} episodes "
+              f"({time.time() - start:.0f} s)", flush=True)
+        return mean
+
+    sps_mark = (step, time.time())
+    print(f"{'resuming' if checkpoint else 'training'} {env_id} ({num_actions} actions) on {device}: "
+          f"{sum(p.numel() for p in q_net.parameters()):,} parameters, run folder {run_dir}", flush=True)
+    while step < args.total_steps:
+        # --- act: epsilon-greedy on the current stack ---
+        epsilon = 0.0 if args.noisy else linearly_decaying_epsilon(step, args.min_replay_history, args.epsilon_decay_steps,
+                                                                   args.epsilon_train)
+        if explore_rng.random() < epsilon:
+            action = int(explore_rng.integers(num_actions))
+        else:
+            act_host.copy_(torch.from_numpy(obs_stack).unsqueeze(0))
+            act_input.copy_(act_host, non_blocking=True)
+            action = int(act_step().item())
+        obs, reward, terminated, truncated, info = env.step(action)
+        life_lost = args.terminal_on_life_loss and info["lives"] < lives and not (terminated or truncated)
+        lives = info["lives"]
+        replay.add(obs_stack[-1], action, max(-1.0, min(1.0, float(reward))), bool(terminated) or life_lost)  # clipped
+        episode_return += float(reward)
+        episode_length += 1
+        obs_stack[:-1] = obs_stack[1:]
+        obs_stack[-1] = obs
+        if terminated or truncated:
+            replay.add_final(obs)
+            iteration_returns.append(episode_return)
+            recent_returns.append(episode_return)
+            logger.scalars({"episodic_return": episode_return, "episodic_length": episode_length}, step, "charts/")
+            episode_return, episode_length = 0.0, 0
+            obs, info = start_episode(env, explore_rng, args.max_noops)
+            lives = info["lives"]
+            obs_stack = np.zeros_like(obs_stack)
+            obs_stack[-1] = obs
+        elif life_lost:  # the agent's episode ends, the game goes on (Dopamine's terminal_on_life_loss)
+            replay.add_final(obs)
+            obs_stack = np.zeros_like(obs_stack)
+            obs_stack[-1] = obs
+
+        # --- learn (Dopamine: after the transition is stored, once the replay holds enough) ---
+        if step >= args.min_replay_history:
+            if step % period == 0:
+                replay.flush()
+                if replay.can_sample():
+                    for _ in range(updates_per_period):
+                        loss = update_step()
+                        loss_sum += loss
+                        nonfinite |= ~torch.isfinite(loss)
+                        loss_count += 1
+            if target_net is not q_net and step % args.target_update_period == 0:
+                target_net.load_state_dict(q_net.state_dict())
+        step += 1
+
+        # --- logging, iterations, evaluations, checkpoints ---
+        if step % args.log_every == 0 or step == args.total_steps:
+            stop_if_nonfinite()
+            now = time.time()
+            sps = (step - sps_mark[0]) / max(now - sps_mark[1], 1e-9)
+            sps_mark = (step, now)
+            values = {"SPS": sps, "epsilon": epsilon}
+            if loss_count:
+                values["td_loss"] = loss_sum.item() / loss_count
+                loss_sum.zero_()
+                loss_count = 0
+            logger.scalars(values, step, "charts/")
+            recent = float(np.mean(recent_returns)) if recent_returns else float("nan")
+            print(f"step {step:>10,}/{args.total_steps:,} | {sps:7.1f} steps/s | return(last {len(recent_returns)}) "
+                  f"{recent:8.2f} | loss {values.get('td_loss', float('nan')):.5f} | eps {epsilon:.3f}", flush=True)
+        if step % args.iteration_steps == 0 or step == args.total_steps:
+            stop_if_nonfinite()
+            record = {"iteration": iteration, "step": step, "frames": 4 * step,
+                      "episode_return": float(np.mean(iteration_returns)) if iteration_returns else float("nan"),
+                      "episodes": len(iteration_returns),
+                      "sps": (step - iteration_start[0]) / max(time.time() - iteration_start[1], 1e-9)}
+            replay.flush()
+            if replay.can_sample():
+                with torch.no_grad():
+                    q, _, features, aux = q_net(replay.sample(args.batch_size)["obs"], with_aux=True)
+                record.update(representation_metrics(features, aux, args.num_experts, args.dormant_tau))
+                record["q_mean"] = q.mean().item()
+            logger.scalars({k: v for k, v in record.items() if k not in ("iteration", "step")}, step, "iteration/")
+            logger.record(record)
+            iteration += 1
+            iteration_returns = []
+            iteration_start = (step, time.time())
+        if args.eval_episodes and ((args.eval_every and step % args.eval_every == 0) or step == args.total_steps):
+            eval_start = time.time()
+            last_eval_return = run_evaluation()
+            eval_seconds = time.time() - eval_start  # kept out of the training steps/s
+            sps_mark = (sps_mark[0], sps_mark[1] + eval_seconds)
+            iteration_start = (iteration_start[0], iteration_start[1] + eval_seconds)
+        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
+            stop_if_nonfinite()
+            save_checkpoint(ckpt_path, checkpoint_state())
+
+    logger.record({"final": True, "step": step, "frames": 4 * step, "env_id": env_id, "game": game,
+                   "agent": AGENT, "moe": args.moe, "num_experts": args.num_experts, "seed": args.seed,
+                   "eval_return": last_eval_return, "score": last_eval_return})
+    logger.close()
+    env.close()
+    print(f"done: {step:,} agent steps; evaluation return {last_eval_return:.2f}; summary in {logger.summary_path}",
+          flush=True)
+    return run_dir
+# ---- end block: atari100k_loop ----
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

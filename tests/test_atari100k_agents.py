@@ -1,0 +1,142 @@
+"""der_moe_atari100k.py and drq_moe_atari100k.py as a user runs them: a real game (Breakout, which
+has lives) on the CPU, tiny networks, a few hundred steps, evaluation episodes included."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from agent_runs import ROOT, assert_one_line_error, assert_same_run, checkpoint, kill_after_first_checkpoint, only_run_dir, records
+from agent_runs import run
+
+TINY = ["--env-id", "Breakout", "--encoder", "impala", "--impala-channels", "4", "8", "8", "--expert-hidden", "16",
+        "--num-experts", "2", "--batch-size", "8", "--min-replay-history", "100", "--iteration-steps", "100",
+        "--log-every", "50", "--device", "cpu", "--eval-episodes", "2", "--max-episode-frames", "1000"]
+DER = ("der_moe_atari100k.py", [*TINY, "--target-update-period", "40"])
+DRQ = ("drq_moe_atari100k.py", TINY)
+
+
+def finished_run(agent, extra, runs_dir):
+    script, flags = agent
+    proc = run(script, [*flags, *extra], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return only_run_dir(runs_dir)
+
+
+def test_der_end_to_end(tmp_path):
+    """DER (C51, PER, 10-step, noisy, dueling, double) with a Soft MoE: training iterations, one
+    evaluation of 2 episodes at the end whose mean is the final score, and a replay allocated for
+    the rows the run can write."""
+    run_dir = finished_run(DER, ["--total-steps", "300"], tmp_path)
+    recs = records(run_dir)
+    assert [r["step"] for r in recs if "iteration" in r] == [100, 200, 300]
+    (ev,) = [r for r in recs if r.get("eval")]
+    assert ev["step"] == 300 and ev["eval_episodes"] == 2 and len(ev["eval_returns"]) == 2
+    assert ev["eval_return"] == pytest.approx(sum(ev["eval_returns"]) / 2)
+    final = recs[-1]
+    assert final["final"] and final["agent"] == "der" and final["score"] == ev["eval_return"]
+    ckpt = checkpoint(run_dir)
+    assert ckpt["replay"]["capacity"] == 2 * 300 + 8
+    assert (ckpt["replay"]["priorities"] != 1.0).any()
+    assert any(k.endswith("sigma_w1") for k in ckpt["q_net"])
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert config["n_step"] == 10 and config["update_period"] == 1 and not config["sticky_actions"]
+
+
+def test_drq_end_to_end_target_is_online_network(tmp_path):
+    """DrQ(eps): scalar Q with augmentation, uniform replay, epsilon decaying after 100 steps, and a
+    target network synced every update, i.e. the online network itself."""
+    run_dir = finished_run(DRQ, ["--total-steps", "300"], tmp_path)
+    recs = records(run_dir)
+    assert recs[-1]["agent"] == "drq" and recs[-1]["score"] is not None
+    ckpt = checkpoint(run_dir)
+    assert "priorities" not in ckpt["replay"]
+    assert all(torch.equal(ckpt["q_net"][k], ckpt["target_net"][k]) for k in ckpt["q_net"])
+    assert not any("sigma" in k for k in ckpt["q_net"])
+    assert ckpt["q_net"]["advantage.weight"].shape[0] == 4  # Breakout's 4 actions x 1 atom
+
+
+@pytest.mark.parametrize("life_loss", [True, False])
+def test_life_loss_ends_the_agents_episode_not_the_game(tmp_path, life_loss):
+    """With --terminal-on-life-loss (default) every lost life writes a terminal transition and a
+    final frame while the game goes on: the replay holds several final rows per game (Breakout has
+    5 lives) while episodes count game overs. Without it, one final row per game."""
+    flag = [] if life_loss else ["--no-terminal-on-life-loss"]
+    run_dir = finished_run(DRQ, ["--total-steps", "600", "--eval-episodes", "0", "--min-replay-history", "600", *flag],
+                           tmp_path)
+    episodes = sum(r["episodes"] for r in records(run_dir) if "iteration" in r)
+    replay = checkpoint(run_dir)["replay"]
+    finals, terminals = int(replay["final"].sum()), int(replay["terminated"].sum())
+    assert episodes >= 1
+    if life_loss:
+        assert finals >= 3 * episodes and terminals >= 3 * episodes
+    else:
+        assert finals == episodes and terminals == episodes
+
+
+def test_periodic_evaluation_leaves_training_unchanged(tmp_path):
+    """--eval-every 100 evaluates at steps 100, 200, 300; DrQ's training records are the same as a
+    run that evaluates only at the end (evaluation uses its own random numbers)."""
+    periodic = finished_run(DRQ, ["--total-steps", "300", "--eval-every", "100"], tmp_path / "a")
+    once = finished_run(DRQ, ["--total-steps", "300"], tmp_path / "b")
+    evals = [r["step"] for r in records(periodic) if r.get("eval")]
+    assert evals == [100, 200, 300]
+    train = lambda d: [{k: v for k, v in r.items() if k != "sps"} for r in records(d) if "iteration" in r]  # noqa: E731
+    assert train(periodic) == train(once)
+    assert records(periodic)[-1]["score"] == records(once)[-1]["score"]
+
+
+@pytest.mark.parametrize("agent, fields", [
+    (DER, ("frames", "actions", "rewards", "terminated", "priorities", "max_priority")),
+    (DRQ, ("frames", "actions", "rewards", "terminated")),
+])
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, agent, fields):
+    """A killed run resumes exactly: networks, optimiser, replay (priorities), the life counter,
+    per-iteration and evaluation records."""
+    script, flags = agent
+    flags = [*flags, "--total-steps", "500", "--checkpoint-every", "150", "--eval-every", "250"]
+    whole = run(script, flags, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed_dir = kill_after_first_checkpoint(script, flags, tmp_path / "killed", latest_step=450)
+    resumed = run(script, [*flags, "--resume", killed_dir], tmp_path / "unused")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir, fields)
+
+
+def test_long_schedule_sets_50m_frames(tmp_path):
+    """--long-schedule (figures 12/16) trains for 12.5M agent steps with an evaluation every 250k."""
+    os.makedirs(tmp_path / "runs")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "der_moe_atari100k.py"), *DER[1], "--long-schedule",
+                             "--runs-dir", str(tmp_path / "runs")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        config = None
+        while time.time() < deadline and config is None:
+            dirs = os.listdir(tmp_path / "runs")
+            path = os.path.join(tmp_path, "runs", dirs[0], "config.json") if dirs else ""
+            if path and os.path.exists(path) and os.path.getsize(path):
+                time.sleep(0.2)
+                config = json.load(open(path))
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert config is not None
+    assert config["total_steps"] == 12_500_000 and config["eval_every"] == 250_000
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--eval-episodes", "-1"], "--eval-episodes"),
+    (["--eval-epsilon", "2"], "--eval-epsilon"),
+    (["--max-noops", "-3"], "--max-noops"),
+    (["--total-steps", "0"], "--total-steps"),
+    (["--env-id", "Breakoutt"], "unknown game"),
+])
+def test_bad_flags(tmp_path, flags, needle):
+    assert_one_line_error(run("drq_moe_atari100k.py", flags, tmp_path, timeout=60), needle)

@@ -1525,7 +1525,8 @@ def main(args: Args) -> str:
             fail(f"the loss became NaN or infinite before step {step}; the run stops and {kept}. Lower --learning-rate or check the flags")
 
     def run_evaluation() -> float:
-        """Evaluate at this step; the RNG depends only on (seed, step), so training never sees it."""
+        """Evaluate at this step. Its exploration, no-ops and emulator seeds come from (seed, step)
+        alone; noisy experts (DER) draw their noise from torch's generator like training does."""
         set_eval_noise(q_net, args.eval_expert_noise)
         start = time.time()
         returns = evaluate(args, env_id, eval_step, eval_input, num_actions, np.random.default_rng([args.seed, step]))

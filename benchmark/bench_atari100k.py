@@ -71,7 +71,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke test")
     opts = parser.parse_args()
     base = ["--env-id", opts.env_id] + (QUICK if opts.quick else [])
-    steps, eager_steps = (300, 300) if opts.quick else (opts.steps, opts.eager_steps)
+    steps, eager_steps = (150, 150) if opts.quick else (opts.steps, opts.eager_steps)
     modes = {"eager": []} if opts.quick else MODES
     parts = opts.parts.split(",")
     pairs = [(a, c) for a in SCRIPTS for c in CONFIGS]

@@ -16,3 +16,17 @@ def test_bench_atari_quick(tmp_path):
     result = json.loads(out.read_text())
     assert result["agent"] == "rainbow" and {r["config"] for r in result["runs"]} == {"baseline", "softmoe8"}
     assert all(r["update_ms_median"] > 0 and r["params"] > 0 for r in result["runs"])
+
+
+def test_bench_atari100k_quick(tmp_path):
+    """Two tiny DrQ runs share the machine; every row has a time, a score and a steps/s."""
+    out = tmp_path / "speed100k.json"
+    proc = subprocess.run([sys.executable, "benchmark/bench_atari100k.py", "--quick", "--parts", "parallel",
+                           "--parallel", "2", "--pairs", "drq:baseline", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["runs"]
+    runs = [r for r in rows if r["part"] == "parallel"]
+    (total,) = [r for r in rows if r["part"] == "throughput"]
+    assert len(runs) == 2 and all(r["seconds"] > 0 and r["score"] is not None and r["train_sps_median"] > 0 for r in runs)
+    assert total["parallel"] == 2 and total["runs_per_hour"] > 0

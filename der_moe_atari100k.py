@@ -1360,9 +1360,8 @@ LONG_SCHEDULE = dict(total_steps=12_500_000, eval_every=250_000)  # figures 12 a
 
 def validate_atari100k_args(args: Args) -> None:
     """The protocol's flags, on top of the agent's (`validate_args`)."""
-    for name in ("total_steps", "iteration_steps"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.total_steps < 1:
+        fail("--total-steps must be at least 1")
     for name in ("eval_every", "eval_episodes", "max_noops"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(args, name)})")
@@ -1400,7 +1399,8 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
     n = args.eval_episodes
     envs = AtariVectorEnv(gym.spec(env_id).kwargs["game"], n, repeat_action_probability=0.25 if args.sticky_actions else 0.0,
                           max_num_frames_per_episode=args.max_episode_frames, stack_num=1, noop_max=0,
-                          use_fire_reset=False, reward_clipping=False, episodic_life=False)
+                          use_fire_reset=False, reward_clipping=False, episodic_life=False,
+                          num_threads=torch.get_num_threads())  # OMP_NUM_THREADS bounds the emulators too
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
     stacks[:, -1] = obs[:, -1]

@@ -118,8 +118,9 @@ def main():
                     for (a, c), row in zip(group, rows):
                         report({"part": part, "agent": a, "config": c, "mode": mode, "parallel": k, **row})
                     if k > 1:
+                        learning = [r["train_sps_median"] for r in rows if r["train_sps_median"]]
                         report({"part": "throughput", "mode": mode, "parallel": k, "wall_seconds": wall,
-                                "runs_per_hour": 3600 * k / wall})
+                                "runs_per_hour": 3600 * k / wall, "train_sps_total": sum(learning) or None})
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out, "w") as f:
         json.dump(result, f, indent=1)

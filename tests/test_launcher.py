@@ -1,0 +1,290 @@
+"""benchmark/launch.py end to end: runs in parallel, never twice, failures reported, an
+interrupted sweep continued (a real agent resumed from its checkpoint), and the Slurm path
+against a real single-node Slurm started by the test (Debian's slurmctld/slurmd)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent_runs import ROOT, records
+from slurm_cluster import SlurmCluster, slurm_installed
+
+LAUNCH = os.path.join(ROOT, "benchmark", "launch.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+import launch  # noqa: E402
+
+# A stand-in for an agent: a run folder with config.json, a checkpoint, a final summary record,
+# `--resume FOLDER` to continue; it sleeps while the file named by --slow-if exists.
+FAKE_AGENT = r'''
+import json, os, sys, time
+a = sys.argv[1:]
+get = lambda flag, default=None: a[a.index(flag) + 1] if flag in a else default
+if "--fail" in a:
+    raise SystemExit("error: this run was told to fail")
+run = get("--resume") or os.path.join(get("--runs-dir"), "run")
+os.makedirs(run, exist_ok=True)
+with open(os.path.join(get("--stamps"), f"{os.getpid()}.json"), "w") as f:
+    json.dump({"start": time.time(), "omp": os.environ.get("OMP_NUM_THREADS"), "resumed": "--resume" in a,
+               "args": a}, f)
+open(os.path.join(run, "config.json"), "w").write(json.dumps({"exp_name": get("--exp-name")}))
+open(os.path.join(run, "checkpoint.pt"), "w").write("state")
+time.sleep(float(get("--sleep", "0")))
+while get("--slow-if") and os.path.exists(get("--slow-if")):
+    time.sleep(0.1)
+with open(os.path.join(get("--stamps"), f"{os.getpid()}.json")) as f:
+    stamp = json.load(f)
+stamp["end"] = time.time()
+with open(os.path.join(get("--stamps"), f"{os.getpid()}.json"), "w") as f:
+    json.dump(stamp, f)
+open(os.path.join(run, "summary.jsonl"), "a").write(json.dumps({"final": True}) + "\n")
+'''
+
+
+@pytest.fixture
+def fake(tmp_path):
+    script = tmp_path / "fake_agent.py"
+    script.write_text(FAKE_AGENT)
+    (tmp_path / "stamps").mkdir()
+    return tmp_path
+
+
+def fake_command(tmp, name, seed, *extra):
+    return f"python {tmp / 'fake_agent.py'} --exp-name {name} --seed {seed} --stamps {tmp / 'stamps'} " + " ".join(map(str, extra))
+
+
+def write_commands(tmp, commands):
+    path = tmp / "commands.txt"
+    path.write_text("# a comment\n\n" + "\n".join(commands) + "\n")
+    return str(path)
+
+
+def start_launcher(sweep, commands_file, *flags, env=None):
+    return subprocess.Popen([sys.executable, LAUNCH, "--sweep-dir", str(sweep), "--commands", commands_file, *flags],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def launcher(sweep, commands_file, *flags, timeout=240, env=None):
+    proc = start_launcher(sweep, commands_file, *flags, env=env)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def states(sweep):
+    return {d: json.loads((sweep / d / "state.json").read_text()) for d in os.listdir(sweep)
+            if (sweep / d / "state.json").exists()}
+
+
+def stamps(tmp):
+    return [json.loads(p.read_text()) for p in (tmp / "stamps").iterdir()]
+
+
+def status_line(sweep, env=None):
+    out = subprocess.run([sys.executable, LAUNCH, "--sweep-dir", str(sweep), "--status", "--verbose"],
+                         capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_run_ids_and_commands_file(tmp_path):
+    cmd = "python dqn_moe_atari.py --exp-name dqn_soft_e4 --env-id Pong --seed 3 --moe soft"
+    rid = launch.run_id(cmd)
+    assert rid.startswith("dqn_soft_e4__Pong__s3__") and rid == launch.run_id(cmd)
+    assert launch.run_id(cmd + " --num-experts 4") != rid
+    assert launch.run_id("python der_moe_atari100k.py --env-id ALE/Breakout-v5").startswith("der_moe_atari100k__Breakout__s1__")
+    path = tmp_path / "c.txt"
+    path.write_text(f"# sweep\n\n  {cmd}  \n{cmd.replace(' ', '   ')}\n")
+    assert launch.read_commands(str(path)) == [cmd, cmd]
+    path.write_text("python x.py --name 'unclosed\n")
+    with pytest.raises(SystemExit, match="line 1 of the commands"):
+        launch.read_commands(str(path))
+    path.write_text("# nothing\n")
+    with pytest.raises(SystemExit, match="no commands"):
+        launch.read_commands(str(path))
+
+
+def test_parallel_runs_each_once(fake):
+    sweep = fake / "sweep"
+    commands = write_commands(fake, [fake_command(fake, "a", s, "--sleep", "1.5") for s in (1, 2, 3, 4)])
+    code, out = launcher(sweep, commands, "--jobs", "2", "--threads-per-run", "1")
+    assert code == 0, out
+    assert "4 done, 0 failed" in out
+    runs = stamps(fake)
+    assert len(runs) == 4 and all(r["omp"] == "1" for r in runs)
+    overlap = max(sum(r["start"] <= t < r["end"] for r in runs) for t in [r["start"] for r in runs])
+    assert overlap == 2, "two runs at a time with --jobs 2"
+    for state in states(sweep).values():
+        assert state["status"] == "done" and state["attempts"] == 1
+        run_dir = sweep / launch.run_id(state["command"])
+        assert not (run_dir / "run" / "checkpoint.pt").exists(), "a finished run's checkpoint is removed"
+        assert (run_dir / "run" / "summary.jsonl").exists() and (run_dir / "log.txt").exists()
+
+    code, out = launcher(sweep, commands, "--jobs", "2")  # the same sweep again: nothing to do
+    assert code == 0 and "4 of 4 run(s) done" in out
+    assert len(stamps(fake)) == 4
+    more = write_commands(fake, [fake_command(fake, "a", s, "--sleep", "1.5") for s in (1, 2, 3, 4, 5)])
+    code, out = launcher(sweep, more, "--jobs", "2")  # one more seed: only it runs
+    assert code == 0 and len(stamps(fake)) == 5
+
+
+def test_failures_are_reported_and_retried_on_request(fake):
+    sweep = fake / "sweep"
+    commands = write_commands(fake, [fake_command(fake, "ok", 1), fake_command(fake, "bad", 1, "--fail")])
+    code, out = launcher(sweep, commands, "--jobs", "2")
+    assert code == 1
+    assert "error: this run was told to fail" in out and "1 done, 1 failed" in out
+    bad = next(s for s in states(sweep).values() if "--fail" in s["command"])
+    assert bad["status"] == "failed" and bad["error"] == "error: this run was told to fail" and bad["returncode"] == 1
+    assert "1 failed" in status_line(sweep)
+    code, out = launcher(sweep, commands, "--jobs", "2")
+    assert code == 0 and "2 of 2 run(s) done, failed or under way" in out
+    code, out = launcher(sweep, commands, "--jobs", "2", "--retry-failed")
+    assert code == 1 and next(s for s in states(sweep).values() if "--fail" in s["command"])["attempts"] == 2
+
+
+def test_sigterm_stops_the_sweep_and_the_next_launch_continues_it(fake):
+    sweep, slow = fake / "sweep", fake / "slow"
+    slow.write_text("")
+    commands = write_commands(fake, [fake_command(fake, "a", s, "--slow-if", slow) for s in (1, 2, 3)])
+    proc = start_launcher(sweep, commands, "--jobs", "2")
+    deadline = time.time() + 60
+    while len(stamps(fake)) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert sorted(s["status"] for s in states(sweep).values()) == ["pending", "stopped", "stopped"]
+    assert "3 run(s) left" in out
+    slow.unlink()
+    code, out = launcher(sweep, commands, "--jobs", "2")
+    assert code == 0 and "3 done" in out
+    resumed = [r for r in stamps(fake) if r["resumed"]]
+    assert len(resumed) == 2, "the two stopped runs continue from their checkpoints"
+    assert sorted(s["attempts"] for s in states(sweep).values()) == [1, 2, 2]
+
+
+def test_a_crashed_sweep_resumes_real_agent_runs(tmp_path):
+    """SIGKILL of everything (launcher, workers, agents) as a crashed machine would: the next
+    launch sees the dead runs, and the agents continue from their checkpoints to the end."""
+    sweep = tmp_path / "sweep"
+    tiny = ("--env-id Pong --impala-channels 4 8 8 --expert-hidden 16 --num-experts 2 --batch-size 8 "
+            "--buffer-size 2000 --min-replay-history 100 --iteration-steps 100 --target-update-period 40 "
+            "--log-every 50 --device cpu --total-frames 2400 --checkpoint-every 100")
+    commands = write_commands(tmp_path, [f"python dqn_moe_atari.py --exp-name tiny --seed {s} {tiny}" for s in (1, 2)])
+    proc = start_launcher(sweep, commands, "--jobs", "2")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        found = [p for p in sweep.glob("*/*/checkpoint.pt")] if sweep.exists() else []
+        if len(found) == 2:
+            break
+        time.sleep(0.1)
+    assert len(found) == 2, "both runs wrote a checkpoint"
+    workers = [s["pid"] for s in states(sweep).values()]
+    proc.kill()
+    for pid in workers:
+        os.killpg(pid, signal.SIGKILL)  # a worker leads its session: it and its agent
+    proc.communicate()
+    assert all(s["status"] == "running" for s in states(sweep).values())
+    code, out = launcher(sweep, commands, "--jobs", "2")
+    assert code == 0, out
+    for state in states(sweep).values():
+        assert state["status"] == "done" and state["attempts"] == 2 and state["resumed"]
+        run_dir = sweep / launch.run_id(state["command"])
+        (agent_run,) = [d for d in run_dir.iterdir() if d.is_dir()]
+        assert "--resume" in (run_dir / "log.txt").read_text()
+        recs = records(agent_run)
+        steps = [r["step"] for r in recs if "iteration" in r]
+        assert steps == list(range(100, 601, 100)), "every iteration once, in order, after the resume"
+        assert recs[-1]["final"] and recs[-1]["step"] == 600
+        assert not (agent_run / "checkpoint.pt").exists()
+
+
+def test_dry_run_lists_without_starting(fake):
+    sweep = fake / "sweep"
+    commands = write_commands(fake, [fake_command(fake, "a", 1), fake_command(fake, "a", 2)])
+    code, out = launcher(sweep, commands, "--dry-run")
+    assert code == 0 and out.count("fake_agent.py") == 2 and not sweep.exists()
+
+
+def test_bad_input_fails_in_one_line(tmp_path):
+    for flags, needle in ((["--commands", str(tmp_path / "none.txt")], "no commands file"),
+                          (["--status"], "no sweep at"),
+                          (["--runs-per-gpu", "0", "--commands", "-"], "--runs-per-gpu must be at least 1"),
+                          ([], "give --commands")):
+        out = subprocess.run([sys.executable, LAUNCH, "--sweep-dir", str(tmp_path / "s"), *flags],
+                             capture_output=True, text=True, input="", timeout=60)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith("error: ") and needle in out.stderr, out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if not slurm_installed():
+        if os.environ.get("MOE_RL_REQUIRE_SLURM"):
+            pytest.fail("Slurm is required here (MOE_RL_REQUIRE_SLURM) but slurmctld/slurmd/sbatch are missing: "
+                        "apt-get install slurmctld slurmd slurm-client")
+        pytest.skip("Slurm is not installed (apt-get install slurmctld slurmd slurm-client)")
+    with SlurmCluster(str(tmp_path_factory.mktemp("slurm")), cpus=4) as cluster:
+        yield cluster.env
+
+
+def wait_for(sweep, env, done, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = status_line(sweep, env)
+        if done(out):
+            return out
+        time.sleep(1)
+    raise AssertionError(f"the Slurm runs did not get there in {timeout} s:\n{out}")
+
+
+def test_slurm_job_array_runs_the_sweep(fake, slurm):
+    sweep = fake / "sweep"
+    tiny = ("--env-id Pong --impala-channels 4 8 8 --expert-hidden 16 --num-experts 2 --batch-size 8 "
+            "--buffer-size 2000 --min-replay-history 100 --iteration-steps 100 --device cpu --total-frames 800")
+    commands = write_commands(fake, [fake_command(fake, "a", 1), fake_command(fake, "a", 2),
+                                     fake_command(fake, "bad", 1, "--fail"),
+                                     f"python dqn_moe_atari.py --exp-name tiny --seed 1 {tiny}"])
+    code, out = launcher(sweep, commands, "--slurm", "--gpus-per-task", "0", "--runs-per-gpu", "2",
+                         "--cpus-per-task", "2", "--time", "10:00", env=slurm)
+    assert code == 0 and "submitted 4 run(s) as Slurm job array" in out and "2 task(s) of 2" in out, out
+    (job_dir,) = (sweep / ".slurm").iterdir()
+    script = (job_dir / "job.sh").read_text()
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --time=10:00" in script
+    out = wait_for(sweep, slurm, lambda s: "3 done" in s and "1 failed" in s)
+    assert "error: this run was told to fail" in out
+    by_exp = {s["command"].split("--exp-name ")[1].split()[0] + s["command"].split("--seed ")[1][0]: s
+              for s in states(sweep).values()}
+    assert {k: s["status"] for k, s in by_exp.items()} == {"a1": "done", "a2": "done", "bad1": "failed", "tiny1": "done"}
+    assert by_exp["a1"]["slurm_task"] == by_exp["a2"]["slurm_task"] != by_exp["bad1"]["slurm_task"]
+    tiny_run = next((sweep / launch.run_id(by_exp["tiny1"]["command"])).glob("*/summary.jsonl"))
+    assert json.loads(tiny_run.read_text().splitlines()[-1])["final"]
+    code, out = launcher(sweep, commands, "--slurm", "--gpus-per-task", "0", env=slurm)
+    assert code == 0 and "nothing to submit" in out
+
+
+def test_slurm_cancelled_task_is_resubmitted_and_resumes(fake, slurm):
+    sweep, slow = fake / "sweep", fake / "slow"
+    slow.write_text("")
+    commands = write_commands(fake, [fake_command(fake, "long", 1, "--slow-if", slow)])
+    flags = ["--slurm", "--gpus-per-task", "0", "--cpus-per-task", "1"]
+    code, out = launcher(sweep, commands, *flags, env=slurm)
+    assert code == 0, out
+    wait_for(sweep, slurm, lambda s: "1 running" in s and len(stamps(fake)) == 1)
+    (state,) = states(sweep).values()
+    subprocess.run(["scancel", state["slurm_task"].split("_")[0]], env=slurm, check=True)
+    wait_for(sweep, slurm, lambda s: "1 stopped" in s)
+    slow.unlink()
+    code, out = launcher(sweep, commands, *flags, env=slurm)
+    assert code == 0 and "submitted 1 run(s)" in out, out
+    wait_for(sweep, slurm, lambda s: "1 done" in s)
+    (state,) = states(sweep).values()
+    assert state["attempts"] == 2 and state["resumed"]

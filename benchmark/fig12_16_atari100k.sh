@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Figures 12 and 16 (section 5.2): DER and DrQ(eps) with the Impala (ResNet) encoder, baseline,
+# Top1-MoE and Soft MoE with 8 experts (figure 12) and 4 experts (figure 16), on the 26 games of
+# Atari 100k, 5 seeds; each for 100k agent steps (the benchmark: "no real difference") and for
+# 50M frames with an evaluation of 100 episodes every 250k steps (the figures).
+#   SEEDS=1 GAMES=Pong SCHEDULES=100k bash benchmark/fig12_16_atari100k.sh --dry-run
+#   python benchmark/aggregate.py runs/sweeps/fig12_16/der_*_50M --baseline der_none_50M
+SWEEP=fig12_16
+source "$(dirname "$0")/sweep_common.sh"
+games=${GAMES:-$GAMES_26}
+AGENTS=${AGENTS:-"der drq"}
+EXPERTS=${EXPERTS:-"8 4"}
+SCHEDULES=${SCHEDULES:-"100k 50M"}
+FRAMES_100K=${FRAMES_100K:-400000}
+FRAMES_50M=${FRAMES_50M:-50000000}
+
+commands() {
+  local agent e schedule flags
+  for schedule in $SCHEDULES; do
+    case $schedule in
+      100k) flags="--total-steps $((FRAMES_100K / 4))" ;;
+      50M) flags="--total-steps $((FRAMES_50M / 4)) --eval-every 250000 --checkpoint-every $CHECKPOINT_EVERY" ;;
+      *) echo "error: SCHEDULES takes 100k and/or 50M (got $schedule)" >&2; exit 2 ;;
+    esac
+    for agent in $AGENTS; do
+      local script=${agent}_moe_atari100k.py common="--encoder impala $flags"
+      emit ${agent}_none_$schedule $script --moe none $common
+      for e in $EXPERTS; do
+        emit ${agent}_top1_e${e}_$schedule $script --moe top1 --num-experts $e $common
+        emit ${agent}_soft_e${e}_$schedule $script --moe soft --num-experts $e $common
+      done
+    done
+  done
+}
+commands | RUNS_PER_GPU=${RUNS_PER_GPU:-4} launch "$@"

@@ -1,0 +1,51 @@
+# Sourced by every sweep (benchmark/fig*.sh): the paper's game lists (appendix A), the variables
+# that scale a sweep down, and the two functions a sweep uses:
+#   emit NAME SCRIPT FLAGS...  one command per game of $games and seed, named --exp-name NAME
+#   launch "$@"                hands the commands (standard input) to benchmark/launch.py
+#
+# Variables (environment):
+#   SEEDS=5            a count (seeds 1..N) or a list ("3 4")
+#   GAMES="Pong ..."   replaces the sweep's game list
+#   FRAMES=...         frames per run (the sweep's default is the paper's)
+#   EXTRA="..."        flags added to every command, e.g. "--compile --cudagraphs --no-torch-deterministic"
+#   RUNS_DIR=runs/sweeps   the sweep's folder is $RUNS_DIR/<sweep>
+#   CHECKPOINT_EVERY   agent steps between checkpoints of long runs (resume after an interruption)
+#   RUNS_PER_GPU       runs sharing one GPU (also --runs-per-gpu on the command line)
+#   PYTHON=python3     the interpreter that runs the launcher
+# Arguments of the sweep go to the launcher: --dry-run, --status, --slurm --partition P --time T, ...
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+GAMES_20="AirRaid Asterix Asteroids Bowling Breakout DemonAttack Freeway Gravitar Jamesbond MontezumaRevenge
+MsPacman Pong PrivateEye Qbert Seaquest SpaceInvaders Venture WizardOfWor YarsRevenge Zaxxon"
+GAMES_26="Alien Amidar Assault Asterix BankHeist BattleZone Boxing Breakout ChopperCommand CrazyClimber
+DemonAttack Freeway Frostbite Gopher Hero Jamesbond Kangaroo Krull KungFuMaster MsPacman Pong PrivateEye Qbert
+RoadRunner Seaquest UpNDown"
+GAMES_60="$GAMES_26 AirRaid Asteroids Atlantis BeamRider Berzerk Bowling Carnival Centipede DoubleDunk
+ElevatorAction Enduro FishingDerby Gravitar IceHockey JourneyEscape MontezumaRevenge NameThisGame Phoenix Pitfall
+Pooyan Riverraid Robotank Skiing Solaris SpaceInvaders StarGunner Tennis TimePilot Tutankham Venture VideoPinball
+WizardOfWor YarsRevenge Zaxxon"
+
+SEEDS=${SEEDS:-5}
+EXTRA=${EXTRA:-}
+RUNS_DIR=${RUNS_DIR:-runs/sweeps}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-2500000}
+PYTHON=${PYTHON:-python3}
+
+seeds() {
+  if [[ $SEEDS =~ ^[0-9]+$ ]]; then seq 1 "$SEEDS"; else echo $SEEDS; fi
+}
+
+emit() {
+  local name=$1 script=$2 game seed
+  shift 2
+  for game in $games; do
+    for seed in $(seeds); do
+      echo "python $script --exp-name $name --env-id $game --seed $seed $* $EXTRA"
+    done
+  done
+}
+
+launch() {
+  "$PYTHON" benchmark/launch.py --sweep-dir "$RUNS_DIR/$SWEEP" --commands - --runs-per-gpu "${RUNS_PER_GPU:-1}" "$@"
+}

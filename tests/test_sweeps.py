@@ -1,0 +1,129 @@
+"""The figure sweeps (benchmark/fig*.sh): each one's dry run lists its commands; the game lists
+are the paper's (appendix A); every configuration parses and passes the agent's own checks; the
+environment variables scale a sweep down."""
+
+import collections
+import glob
+import importlib
+import os
+import shlex
+import subprocess
+
+import gymnasium as gym
+import pytest
+import tyro
+
+from agent_runs import ROOT
+
+SWEEPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmark", "fig*.sh")))
+COMMON = os.path.join(ROOT, "benchmark", "sweep_common.sh")
+
+
+def dry_run(sweep, tmp_path, **env):
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", sweep), "--dry-run"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "RUNS_DIR": str(tmp_path), **env})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert commands and all(c[0] == "python" for c in commands)
+    return commands
+
+
+def flag(tokens, name):
+    return tokens[tokens.index(name) + 1]
+
+
+def game_list(name):
+    out = subprocess.run(["bash", "-c", f'source "{COMMON}" >/dev/null; echo ${name}'], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def test_the_papers_game_lists_are_real_ale_games():
+    import ale_py
+    gym.register_envs(ale_py)
+    lists = {n: game_list(n) for n in ("GAMES_20", "GAMES_26", "GAMES_60")}
+    assert {n: len(set(g)) for n, g in lists.items()} == {"GAMES_20": 20, "GAMES_26": 26, "GAMES_60": 60}
+    assert all(len(g) == len(set(g)) for g in lists.values())
+    assert set(lists["GAMES_26"]) <= set(lists["GAMES_60"]) and set(lists["GAMES_20"]) <= set(lists["GAMES_60"])
+    for game in lists["GAMES_60"]:
+        assert f"ALE/{game}-v5" in gym.registry, game
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_sweep_lists_every_game_and_seed_of_each_configuration(sweep, tmp_path):
+    commands = dry_run(sweep, tmp_path)
+    by_config = collections.defaultdict(set)
+    for tokens in commands:
+        by_config[flag(tokens, "--exp-name")].add((flag(tokens, "--env-id"), flag(tokens, "--seed")))
+        assert tokens[1].endswith(".py") and os.path.isfile(os.path.join(ROOT, tokens[1]))
+    assert len(commands) == sum(len(runs) for runs in by_config.values()), "no command twice"
+    seeds = {"fig19_wall_time.sh": 3}.get(sweep, 5)
+    for name, runs in by_config.items():
+        games = {g for g, _ in runs}
+        assert {s for _, s in runs} == {str(s) for s in range(1, seeds + 1)}, name
+        assert len(runs) == len(games) * seeds, f"{name}: every game with every seed"
+        assert len(games) in (20, 26, 60), name
+    assert not os.listdir(tmp_path), "a dry run starts nothing"
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_configuration_parses_and_passes_the_agents_checks(sweep, tmp_path):
+    configs = {}
+    for tokens in dry_run(sweep, tmp_path, SEEDS="1", GAMES="Pong"):
+        configs[flag(tokens, "--exp-name")] = tokens
+    for name, tokens in configs.items():
+        module = load_agent(tokens[1])
+        try:
+            args = tyro.cli(module.Args, args=tokens[2:])
+            module.validate_args(args)
+            if hasattr(module, "validate_atari100k_args"):
+                module.validate_atari100k_args(args)
+        except SystemExit as e:
+            pytest.fail(f"{sweep}: {name} does not parse: {e}")
+        assert args.exp_name == name and args.env_id == "Pong"
+
+
+def load_agent(script):
+    return importlib.import_module(script[:-3])
+
+
+def test_figure_1_design(tmp_path):
+    configs = {flag(t, "--exp-name"): t for t in dry_run("fig1_expert_scaling.sh", tmp_path, SEEDS="1")}
+    assert len(configs) == 2 * 3 * 4, "DQN and Rainbow x (baseline, Soft MoE, Top1) x 1/2/4/8 experts"
+    for e in (2, 4, 8):
+        baseline = configs[f"rainbow_none_x{e}"]
+        assert "--scale-hidden" in baseline and flag(baseline, "--num-experts") == str(e)
+        assert flag(configs[f"dqn_soft_e{e}"], "--moe") == "soft" and flag(configs[f"dqn_top1_e{e}"], "--moe") == "top1"
+    assert all(flag(t, "--total-frames") == "200000000" for t in configs.values())
+
+
+def test_variables_scale_a_sweep_down(tmp_path):
+    commands = dry_run("fig1_expert_scaling.sh", tmp_path, SEEDS="2 7", GAMES="Pong Breakout", FRAMES="100000",
+                       AGENTS="dqn", EXPERTS="2", EXTRA="--device cpu")
+    assert {(flag(t, "--env-id"), flag(t, "--seed")) for t in commands} == \
+        {(g, s) for g in ("Pong", "Breakout") for s in ("2", "7")}
+    assert len(commands) == 3 * 4 and all(flag(t, "--total-frames") == "100000" and t[-2:] == ["--device", "cpu"]
+                                          for t in commands)
+    steps = {flag(t, "--total-steps") for t in dry_run("fig12_16_atari100k.sh", tmp_path, SEEDS="1", GAMES="Pong",
+                                                        SCHEDULES="100k 50M", FRAMES_50M="800000")}
+    assert steps == {"100000", "200000"}
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "fig12_16_atari100k.sh"), "--dry-run"],
+                         capture_output=True, text=True, env={**os.environ, "SCHEDULES": "1M", "RUNS_DIR": str(tmp_path)})
+    assert out.returncode != 0 and "SCHEDULES takes 100k and/or 50M" in out.stderr
+
+
+def test_a_sweep_runs_through_the_launcher(tmp_path):
+    """A tiny Atari 100k sweep, end to end on the CPU: the launcher runs it and a second call
+    finds it done."""
+    env = {"RUNS_DIR": str(tmp_path), "SEEDS": "1", "GAMES": "Pong", "SCHEDULES": "100k", "FRAMES_100K": "800",
+           "AGENTS": "drq", "EXPERTS": "2",
+           "EXTRA": "--device cpu --impala-channels 4 8 8 --expert-hidden 16 --batch-size 8 --min-replay-history 100 "
+                    "--iteration-steps 100 --eval-episodes 1 --max-episode-frames 400"}
+    sweep = os.path.join(ROOT, "benchmark", "fig12_16_atari100k.sh")
+    out = subprocess.run(["bash", sweep, "--jobs", "2", "--threads-per-run", "1"], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, **env})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 done, 0 failed" in out.stdout
+    summaries = glob.glob(os.path.join(tmp_path, "fig12_16", "*", "*", "summary.jsonl"))
+    assert len(summaries) == 3
+    again = subprocess.run(["bash", sweep], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert again.returncode == 0 and "3 of 3 run(s) done" in again.stdout

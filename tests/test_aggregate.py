@@ -1,0 +1,383 @@
+"""benchmark/aggregate.py on run folders written here with known scores, on bad input, and on a
+real tiny run of dqn_moe_atari.py (so the format it reads stays the agents')."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+from rliable import metrics
+
+from agent_runs import ROOT, assert_one_line_error, only_run_dir, records
+from agent_runs import run as run_script
+
+sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+import aggregate  # noqa: E402
+
+# (random, human) of DQN Zoo's atari_data.py, typed here from it, not read from the table under test
+KNOWN = {"Pong": (-20.7, 14.6), "Breakout": (1.7, 30.5), "Seaquest": (68.4, 42054.7), "Asterix": (210.0, 8503.3),
+         "MsPacman": (307.3, 6951.6)}
+FRAMES = 1_000_000  # per iteration
+
+
+def raw(game, normalised):
+    random, human = KNOWN[game]
+    return random + normalised * (human - random)
+
+
+def write_run(root, exp_name, game, seed, returns, *, finished=True, evals=None, frames=FRAMES, **config):
+    """A run folder as the agents write it: config.json; summary.jsonl with one record per iteration
+    (training return returns[i], None for an iteration without episodes), evaluation records
+    [(step, return)] and the final record."""
+    path = root / f"{game}__{exp_name}__{seed}__{len(os.listdir(root)) if root.exists() else 0}"
+    path.mkdir(parents=True)
+    cfg = {"exp_name": exp_name, "seed": seed, "env_id": f"ALE/{game}-v5", "moe": "soft", "num_experts": 4,
+           "runs_dir": str(root), **config}
+    (path / "config.json").write_text(json.dumps(cfg, indent=1))
+    lines = [{"iteration": i, "step": (i + 1) * frames // 4, "frames": (i + 1) * frames, "episode_return": r,
+              "episodes": 0 if r is None else 3, "sps": 500.0, "srank": 7} for i, r in enumerate(returns)]
+    lines += [{"eval": True, "step": step, "frames": 4 * step, "eval_return": value, "eval_episodes": 100}
+              for step, value in evals or []]
+    if finished:
+        last = evals[-1][1] if evals else returns[-1]
+        lines.append({"final": True, "step": len(returns) * frames // 4, "frames": len(returns) * frames,
+                      "env_id": cfg["env_id"], "game": game, "agent": "dqn", "moe": cfg["moe"],
+                      "num_experts": cfg["num_experts"], "seed": seed,
+                      **({"eval_return": last, "score": last} if evals else {"episode_return": last})})
+    (path / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def write_algorithm(root, exp_name, normalised, **config):
+    """Runs of normalised scores normalised[seed][game][iteration] (games in KNOWN order)."""
+    for seed, per_game in enumerate(normalised):
+        for game, series in zip(KNOWN, per_game):
+            write_run(root, exp_name, game, seed, [raw(game, x) for x in series], **config)
+
+
+def run_cli(*argv):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmark", "aggregate.py"), *map(str, argv)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def aggregates(out):
+    return {(r["algorithm"], r["metric"]): r for r in read_csv(os.path.join(out, "aggregates.csv"))}
+
+
+def final_scores(out):
+    return {(r["algorithm"], r["game"], int(r["seed"])): float(r["final_score"])
+            for r in read_csv(os.path.join(out, "runs.csv")) if r["included"] == "True"}
+
+
+def run_main(capsys, *argv):
+    """aggregate.main in this process (no interpreter start): (exit status, stdout, stderr)."""
+    status = aggregate.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+# ---- normalisation ----
+def test_human_normalisation_of_known_scores():
+    rows = aggregate.load_tables(aggregate.default_tables())
+    for game, (random, human) in KNOWN.items():
+        row = rows[aggregate.table_key(game)]
+        assert (row.zero, row.one) == (random, human)
+        assert aggregate.normalise(random, row) == 0.0
+        assert aggregate.normalise(human, row) == pytest.approx(1.0)
+    pong = rows[aggregate.table_key("Pong")]
+    assert aggregate.normalise(0.0, pong) == pytest.approx(20.7 / 35.3)
+    for name in ("ALE/Pong-v5", "pong", "PongNoFrameskip-v4"):
+        assert rows[aggregate.table_key(name)] is pong
+    assert rows[aggregate.table_key("ALE/AirRaid-v5")].one is None  # in the 20-game set, no published human score
+
+
+def test_table_covers_every_game_of_the_paper():
+    rows = aggregate.load_tables(aggregate.default_tables())
+    paper = ("AirRaid Asterix Asteroids Bowling Breakout DemonAttack Freeway Gravitar Jamesbond MontezumaRevenge MsPacman "
+             "Pong PrivateEye Qbert Seaquest SpaceInvaders Venture WizardOfWor YarsRevenge Zaxxon Alien Amidar Assault "
+             "BankHeist BattleZone Boxing ChopperCommand CrazyClimber Frostbite Gopher Hero Kangaroo Krull KungFuMaster "
+             "RoadRunner UpNDown Atlantis BeamRider Berzerk Carnival Centipede DoubleDunk ElevatorAction Enduro "
+             "FishingDerby IceHockey JourneyEscape NameThisGame Phoenix Pitfall Pooyan Riverraid Robotank Skiing "
+             "Solaris StarGunner Tennis TimePilot Tutankham VideoPinball").split()
+    assert len(set(paper)) == 60
+    unscored = {g for g in paper if rows[aggregate.table_key(g)].one is None}
+    assert unscored == {"AirRaid", "Carnival", "ElevatorAction", "JourneyEscape", "Pooyan"}
+
+
+# ---- aggregate statistics ----
+@pytest.fixture(scope="module")
+def two_algorithms(tmp_path_factory):
+    """3 seeds x 5 games x 4 iterations of normalised scores for 'base', and 'better' = base + 3
+    everywhere (it wins every pair of runs on every game)."""
+    root = tmp_path_factory.mktemp("runs")
+    rng = np.random.default_rng(0)
+    base = rng.uniform(-0.2, 2.0, size=(3, len(KNOWN), 4)).round(3)
+    write_algorithm(root, "base", base)
+    write_algorithm(root, "better", base + 3.0)
+    return root, base
+
+
+@pytest.fixture(scope="module")
+def two_algorithms_out(two_algorithms, tmp_path_factory):
+    root, _ = two_algorithms
+    out = tmp_path_factory.mktemp("out")
+    assert aggregate.main([str(root), "--out", str(out), "--reps", "300", "--baseline", "base"]) == 0
+    return out
+
+
+def test_aggregates_equal_a_direct_computation(two_algorithms, two_algorithms_out):
+    _, base = two_algorithms
+    for name, scores in (("base", base), ("better", base + 3.0)):
+        final = scores[:, :, -1]  # runs x games, the last iteration
+        table = aggregates(two_algorithms_out)
+        expected = {"IQM": scipy.stats.trim_mean(final.ravel(), 0.25), "Median": np.median(final.mean(axis=0)),
+                    "Mean": final.mean(), "Optimality Gap": np.mean(np.maximum(1 - final, 0))}
+        for metric, value in expected.items():
+            row = table[(name, metric)]
+            assert float(row["estimate"]) == pytest.approx(value, abs=1e-9), (name, metric)
+            assert float(row["ci_low"]) <= float(row["estimate"]) <= float(row["ci_high"])
+            assert row["runs_per_game"] == "3" and row["games"] == str(len(KNOWN))
+
+
+def test_probability_of_improvement(two_algorithms_out, tmp_path, capsys):
+    assert float(aggregates(two_algorithms_out)[("better", "P(X > base)")]["estimate"]) == pytest.approx(1.0)
+    root = tmp_path / "runs"
+    scores = np.random.default_rng(1).uniform(0, 1, size=(3, len(KNOWN), 2))
+    write_algorithm(root, "a", scores)
+    write_algorithm(root, "b", scores)
+    status, _, _ = run_main(capsys, root, "--out", tmp_path / "out", "--reps", "50", "--baseline", "a")
+    assert status == 0
+    row = aggregates(tmp_path / "out")[("b", "P(X > a)")]
+    assert float(row["estimate"]) == pytest.approx(0.5)
+    assert float(row["ci_low"]) < 0.5 < float(row["ci_high"])
+
+
+def test_vectorised_probability_of_improvement_is_rliables():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        x = rng.integers(0, 4, size=(rng.integers(1, 6), 7)).astype(float)  # small integers: many ties
+        y = rng.integers(0, 4, size=(rng.integers(1, 6), 7)).astype(float)
+        assert aggregate.probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
+
+
+def test_confidence_intervals_cover_the_true_value():
+    """40 fixed data sets of 10 runs x 5 games drawn from N(0.7, 0.5): the 95% CIs of IQM and mean
+    (both 0.7 here) cover it in most of them (binomial(40, ~0.93): fewer than 32 has p < 0.01),
+    and are about as wide as the standard error says (3.92 x 0.5 / sqrt(50) = 0.28)."""
+    covered, widths = np.zeros(2), []
+    for i in range(40):
+        scores = np.random.default_rng(100 + i).normal(0.7, 0.5, size=(10, 5))
+        point, interval = aggregate.interval_estimate(scores, aggregate.aggregate_metrics, reps=200, seed=i)
+        for k, metric in enumerate((0, 2)):  # IQM, mean
+            assert interval[0, metric] <= point[metric] <= interval[1, metric]
+            covered[k] += interval[0, metric] <= 0.7 <= interval[1, metric]
+        widths.append(interval[1, 2] - interval[0, 2])
+    assert (covered >= 32).all(), covered
+    assert 0.2 < np.mean(widths) < 0.36, np.mean(widths)
+
+
+def test_bootstrap_is_reproducible_and_follows_the_seed():
+    scores = np.random.default_rng(3).normal(size=(4, 6))
+    a = aggregate.interval_estimate(scores, aggregate.aggregate_metrics, reps=200, seed=7)[1]
+    b = aggregate.interval_estimate(scores, aggregate.aggregate_metrics, reps=200, seed=7)[1]
+    c = aggregate.interval_estimate(scores, aggregate.aggregate_metrics, reps=200, seed=8)[1]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ---- curves and the final score of a run ----
+def test_curves_are_the_iqm_of_every_iteration(two_algorithms, two_algorithms_out):
+    _, base = two_algorithms
+    rows = [r for r in read_csv(os.path.join(two_algorithms_out, "curves.csv")) if r["algorithm"] == "base"]
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2, 3]
+    assert [int(r["frames"]) for r in rows] == [FRAMES, 2 * FRAMES, 3 * FRAMES, 4 * FRAMES]
+    for r, i in zip(rows, range(4)):
+        assert float(r["iqm"]) == pytest.approx(scipy.stats.trim_mean(base[:, :, i].ravel(), 0.25), abs=1e-9)
+        assert float(r["ci_low"]) <= float(r["iqm"]) <= float(r["ci_high"])
+    array = np.random.default_rng(4).normal(size=(3, 5, 6))
+    assert aggregate.iqm_per_point(array) == pytest.approx([metrics.aggregate_iqm(array[..., i]) for i in range(6)])
+
+
+def test_at_frames_and_final_window_pick_the_iterations(tmp_path, capsys):
+    returns = [1.0, 2.0, 4.0, 8.0, 16.0]
+    points = aggregate.score_points([{"iteration": i, "frames": (i + 1) * FRAMES, "episode_return": r}
+                                     for i, r in enumerate(returns)])
+    for at_frames, window, expected in ((None, 1, 16.0), (3.5 * FRAMES, 1, 4.0), (3 * FRAMES, 1, 4.0), (None, 2, 12.0),
+                                        (2 * FRAMES, 3, 1.5), (0.5 * FRAMES, 1, None)):
+        assert aggregate.final_score(points, at_frames, window) == expected, (at_frames, window)
+    write_run(tmp_path / "runs", "dqn", "Pong", 0, returns)
+    status, _, _ = run_main(capsys, tmp_path / "runs", "--out", tmp_path / "out", "--reps", "20",
+                            "--at-frames", 3.5 * FRAMES, "--final-window", "2")
+    assert status == 0
+    assert final_scores(tmp_path / "out") == {("dqn", "Pong", 0): 3.0}
+    curve = read_csv(tmp_path / "out" / "curves.csv")
+    assert [int(r["frames"]) for r in curve] == [FRAMES, 2 * FRAMES, 3 * FRAMES]  # --at-frames cuts the curve too
+
+
+def test_iterations_without_episodes_keep_the_previous_score(tmp_path, capsys):
+    write_run(tmp_path / "runs", "dqn", "Pong", 0, [None, 2.0, None])
+    write_run(tmp_path / "runs", "dqn", "Pong", 1, [None, None, None])  # no episode ended: no score
+    status, _, err = run_main(capsys, tmp_path / "runs", "--out", tmp_path / "out", "--reps", "20")
+    assert status == 0
+    assert final_scores(tmp_path / "out") == {("dqn", "Pong", 0): 2.0}
+    assert "no score" in next(r["reason"] for r in read_csv(tmp_path / "out" / "runs.csv") if r["seed"] == "1")
+
+
+def test_atari100k_evaluations_are_the_score(tmp_path, capsys):
+    """The Atari 100k agents also log training iterations; their score is the evaluation return."""
+    root = tmp_path / "runs"
+    for seed, score in enumerate((5.0, 9.0)):
+        write_run(root, "der", "Breakout", seed, [1.0, 1.5], frames=200_000, evals=[(50_000, score - 1), (100_000, score)])
+    status, _, _ = run_main(capsys, root, "--out", tmp_path / "out", "--reps", "20")
+    assert status == 0
+    assert final_scores(tmp_path / "out") == {("der", "Breakout", 0): 5.0, ("der", "Breakout", 1): 9.0}
+    curve = read_csv(tmp_path / "out" / "curves.csv")
+    assert [int(r["frames"]) for r in curve] == [200_000, 400_000]
+    normalised = [(s - 1.7) / (30.5 - 1.7) for s in (4.0, 8.0)]
+    assert float(curve[0]["iqm"]) == pytest.approx(np.mean(normalised))
+
+
+# ---- which runs, which labels ----
+def test_unfinished_runs_are_left_out_unless_asked(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_run(root, "dqn", "Pong", 0, [1.0, 2.0])
+    write_run(root, "dqn", "Pong", 1, [3.0], finished=False)
+    status, _, err = run_main(capsys, root, "--out", tmp_path / "a", "--reps", "20")
+    assert status == 0
+    assert final_scores(tmp_path / "a") == {("dqn", "Pong", 0): 2.0}
+    (line,) = [line for line in err.splitlines() if "unfinished run" in line]
+    assert line.startswith("warning: 1 unfinished run left out")
+    status, _, _ = run_main(capsys, root, "--out", tmp_path / "b", "--reps", "20", "--include-unfinished")
+    assert final_scores(tmp_path / "b") == {("dqn", "Pong", 0): 2.0, ("dqn", "Pong", 1): 3.0}
+    # a curve over runs of unequal length stops at the shortest
+    assert [r["iteration"] for r in read_csv(tmp_path / "b" / "curves.csv")] == ["0"]
+
+
+def test_labels_by_exp_name_and_by_config_keys(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for experts in (1, 4):
+        for seed in (0, 1):
+            write_run(root, "sweep", "Pong", seed, [float(experts + seed)], num_experts=experts)
+    status, _, err = run_main(capsys, root, "--out", tmp_path / "a", "--reps", "20")
+    assert status == 0 and {a for a, _, _ in final_scores(tmp_path / "a")} == {"sweep"}
+    assert "differ in num_experts" in err  # one label over two configurations is worth a warning
+    status, _, _ = run_main(capsys, root, "--out", tmp_path / "b", "--reps", "20", "--label-by", "moe,num_experts")
+    assert status == 0
+    assert final_scores(tmp_path / "b") == {("moe=soft num_experts=1", "Pong", 0): 1.0, ("moe=soft num_experts=1", "Pong", 1): 2.0,
+                                            ("moe=soft num_experts=4", "Pong", 0): 4.0, ("moe=soft num_experts=4", "Pong", 1): 5.0}
+
+
+def test_unequal_seeds_missing_games_and_unnormalisable_games(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        write_run(root, "a", "Pong", seed, [float(seed)])
+    for seed in (0, 1):
+        write_run(root, "a", "Breakout", seed, [10.0])
+        write_run(root, "b", "Pong", seed, [5.0])
+        write_run(root, "b", "Breakout", seed, [20.0])
+        write_run(root, "a", "AirRaid", seed, [500.0])
+        write_run(root, "b", "AirRaid", seed, [600.0])
+    write_run(root, "a", "Seaquest", 0, [100.0])  # only 'a' has Seaquest
+    status, out, err = run_main(capsys, root, "--out", tmp_path / "out", "--reps", "20")
+    assert status == 0
+    assert sorted(final_scores(tmp_path / "out")) == [(a, g, s) for a in "ab" for g in ("Breakout", "Pong") for s in (0, 1)]
+    assert "cannot normalise AirRaid" in err
+    assert "left out Seaquest (missing for b)" in err
+    assert "'a' has unequal runs per game; kept 2 per game (lowest seeds), left out Pong seed 2" in err
+    assert "games: Pong, Breakout." in out or "games: Breakout, Pong." in out
+    # the per-game table has every finished run, also those the aggregates leave out
+    assert "| AirRaid | 500.0 ± 0.0 (2) | 600.0 ± 0.0 (2) |" in out
+    assert "| Pong | 1.0 ± 1.0 (3) | 5.0 ± 0.0 (2) |" in out
+    assert "| Seaquest | 100.0 ± 0.0 (1) |  |" in out
+
+
+# ---- the command line ----
+def test_cli_writes_every_output_and_prints_the_tables(two_algorithms, tmp_path):
+    root, _ = two_algorithms
+    proc = run_cli(root, "--out", tmp_path / "out", "--reps", "100", "--baseline", "base", "--sweep", "num_experts",
+                   "--series-by", "exp_name")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("summary.md", "aggregates.csv", "per_game.csv", "curves.csv", "runs.csv", "aggregates.png", "curves.png",
+                 "profiles.png", "improvement.png", "sweep.png"):
+        assert os.path.getsize(tmp_path / "out" / name) > 0, name
+    with open(tmp_path / "out" / "summary.md") as f:
+        assert f.read() == proc.stdout
+    for needle in ("## Aggregates", "| better | 3 |", "## Probability of improvement over base", "## Per-game final scores",
+                   "| Pong |", "## Normalisation", "| Seaquest | 68.4 | 42054.7 |", "## Runs"):
+        assert needle in proc.stdout, needle
+    assert "Traceback" not in proc.stderr
+
+
+def test_default_output_folder_is_inside_the_first_runs_folder(tmp_path, capsys):
+    write_run(tmp_path / "runs", "dqn", "Pong", 0, [1.0])
+    assert run_main(capsys, tmp_path / "runs", "--reps", "20")[0] == 0
+    assert os.path.exists(tmp_path / "runs" / "aggregate" / "summary.md")
+    assert run_main(capsys, tmp_path / "runs", "--reps", "20")[0] == 0  # its own output is not taken for a run
+
+
+@pytest.mark.parametrize("make, flags, needle", [
+    (lambda root: root.mkdir(), [], "no runs under"),
+    (lambda root: write_run(root, "dqn", "Pong", 0, [1.0]), ["--baseline", "nope"], "unknown --baseline 'nope'"),
+    (lambda root: write_run(root, "dqn", "FooBar", 0, [1.0]), [], "no normalisation scores for FooBar"),
+    (lambda root: write_run(root, "dqn", "Pong", 0, [1.0], finished=False), [], "--include-unfinished"),
+    (lambda root: write_run(root, "dqn", "Pong", 0, [1.0]), ["--label-by", "colour"], "config key 'colour'"),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, capsys, make, flags, needle):
+    make(tmp_path / "runs")
+    status, out, err = run_main(capsys, tmp_path / "runs", "--reps", "20", *flags)
+    assert status == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith("error: ") and needle in err.strip().splitlines()[-1], err
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    proc = run_cli(tmp_path / "nowhere")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "is not a folder")
+
+
+def test_raw_scores_for_a_game_without_a_table(tmp_path, capsys):
+    write_run(tmp_path / "runs", "sac", "HalfCheetah", 0, [1000.0, 3000.0], env_id="HalfCheetah-v5")
+    write_run(tmp_path / "runs", "sac", "HalfCheetah", 1, [1000.0, 5000.0], env_id="HalfCheetah-v5")
+    status, out, _ = run_main(capsys, tmp_path / "runs", "--out", tmp_path / "out", "--reps", "20", "--raw")
+    assert status == 0
+    table = aggregates(tmp_path / "out")
+    assert float(table[("sac", "Mean")]["estimate"]) == 4000.0
+    assert ("sac", "Optimality Gap") not in table  # a gap to human level needs a human score
+
+
+def test_a_normalisation_table_added_as_data(tmp_path, capsys):
+    """A future domain's table (MuJoCo: 0-1000) needs no change to the code."""
+    table = tmp_path / "mujoco.csv"
+    table.write_text("# scores normalised between 0 and 1000\ngame,zero,thousand\nHalfCheetah,0,1000\n")
+    write_run(tmp_path / "runs", "sac", "HalfCheetah", 0, [500.0], env_id="HalfCheetah-v5")
+    status, out, _ = run_main(capsys, tmp_path / "runs", "--out", tmp_path / "out", "--reps", "20", "--table", table)
+    assert status == 0
+    assert float(aggregates(tmp_path / "out")[("sac", "IQM")]["estimate"]) == 0.5
+    assert "normalized score" in out
+
+
+# ---- in sync with the agents ----
+def test_a_real_dqn_run_is_aggregated(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    proc = run_script("dqn_moe_atari.py", ["--env-id", "Breakout", "--impala-channels", "4", "8", "8", "--expert-hidden", "16",
+                                           "--num-experts", "2", "--batch-size", "8", "--buffer-size", "1000",
+                                           "--min-replay-history", "50", "--iteration-steps", "100", "--log-every", "100",
+                                           "--total-frames", "1600", "--device", "cpu", "--exp-name", "tiny"], runs)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = records(only_run_dir(runs))
+    status, out, _ = run_main(capsys, runs, "--out", tmp_path / "out", "--reps", "20")
+    assert status == 0
+    scored = [r["episode_return"] for r in recs if "iteration" in r and r["episode_return"] is not None]
+    assert final_scores(tmp_path / "out") == {("tiny", "Breakout", 1): scored[-1]}
+    curve = read_csv(tmp_path / "out" / "curves.csv")
+    first = next(i for i, r in enumerate(recs) if r.get("episode_return") is not None)
+    assert [int(r["frames"]) for r in curve] == [r["frames"] for r in recs[first:-1]]
+    assert "| Breakout | " in out

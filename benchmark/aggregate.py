@@ -5,7 +5,7 @@ improvement over a baseline; per-game final scores. Markdown on stdout and in su
 tables, PNG plots.
 
     python benchmark/aggregate.py runs/fig1 --baseline fig1_dqn_baseline_e1
-    python benchmark/aggregate.py runs/ --label-by moe,num_experts --at-frames 40000000 --sweep num_experts --series-by moe
+    python benchmark/aggregate.py runs/fig1 --at-frames 40e6 --sweep num_experts --series-by moe
     python benchmark/aggregate.py runs/mujoco --raw      # a domain without a normalisation table
 
 Runs: every folder under RUNS with a config.json (the agent's flags) and a summary.jsonl is a run.
@@ -57,9 +57,9 @@ from rliable import metrics, plot_utils  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS = ("IQM", "Median", "Mean", "Optimality Gap")
 # Config keys that say where and how a run ran, not what it learns: runs of one algorithm may differ in them.
-BOOKKEEPING = {"exp_name", "seed", "env_id", "num_actions", "torch_deterministic", "device", "track", "wandb_project_name",
-               "wandb_entity", "capture_video", "runs_dir", "log_every", "checkpoint_every", "resume", "cudagraphs",
-               "compile"}
+BOOKKEEPING = {"exp_name", "seed", "env_id", "num_actions", "torch_deterministic", "device", "track",
+               "wandb_project_name", "wandb_entity", "capture_video", "runs_dir", "log_every", "checkpoint_every",
+               "resume", "cudagraphs", "compile"}
 
 
 class UserError(Exception):
@@ -85,7 +85,7 @@ def find_run_dirs(roots: list[str]) -> list[str]:
     found = []
     for root in roots:
         if not os.path.isdir(root):
-            raise UserError(f"{root} is not a folder: pass the folders the agents wrote their runs to (their --runs-dir)")
+            raise UserError(f"{root} is not a folder: pass the folders the agents wrote runs to (their --runs-dir)")
         for folder, dirs, files in os.walk(root):
             dirs.sort()
             if "config.json" in files and "summary.jsonl" in files:
@@ -168,7 +168,8 @@ def format_value(value) -> str:
 
 
 def label_of(config: dict, keys: list[str]) -> str:
-    return " ".join(format_value(config.get(k)) if k == "exp_name" else f"{k}={format_value(config.get(k))}" for k in keys)
+    values = [(k, format_value(config.get(k))) for k in keys]
+    return " ".join(value if k == "exp_name" else f"{k}={value}" for k, value in values)
 
 
 def natural_key(text: str) -> list:
@@ -252,8 +253,8 @@ def select_runs(runs: list[Run], args, say) -> None:
     if unfinished and not args.include_unfinished:
         for r in unfinished:
             r.reason = "unfinished (no final record)"
-        say(f"{runs_count(len(unfinished), 'unfinished run')} left out (no final record; --include-unfinished aggregates what they "
-            f"have): {short_list(r.path for r in unfinished)}")
+        say(f"{runs_count(len(unfinished), 'unfinished run')} left out (no final record; --include-unfinished "
+            f"aggregates what they have): {short_list(shown(r.path) for r in unfinished)}")
     for r in runs:
         if not r.reason:
             r.final = final_score(r.points, args.at_frames, args.final_window)
@@ -263,8 +264,8 @@ def select_runs(runs: list[Run], args, say) -> None:
     if args.at_frames:
         short = [r for r in runs if not r.reason and r.points[-1][1] < args.at_frames]
         if short:
-            say(f"{runs_count(len(short))} end before {args.at_frames:g} frames; their final score is their last iteration's: "
-                f"{short_list(r.path for r in short)}")
+            say(f"{runs_count(len(short))} end before {args.at_frames:g} frames; their final score is their last "
+                f"iteration's: {short_list(shown(r.path) for r in short)}")
     seen = {}
     for r in runs:
         if not r.reason:
@@ -327,7 +328,7 @@ def common_games(groups: dict[str, dict[str, list[Run]]], say) -> list[str]:
     games = [g for g in all_games if all(g in by_game for by_game in groups.values())]
     dropped = [g for g in all_games if g not in games]
     if dropped:
-        lacking = sorted({label for label, by_game in groups.items() for g in dropped if g not in by_game}, key=natural_key)
+        lacking = [label for label, by_game in groups.items() if any(g not in by_game for g in dropped)]
         say(f"aggregating over the {len(games)} games every algorithm has; left out {', '.join(dropped)} "
             f"(missing for {short_list(lacking)})")
         for by_game in groups.values():
@@ -347,7 +348,7 @@ def equalise_runs(groups: dict[str, dict[str, list[Run]]], say) -> dict[str, int
         for game, rs in by_game.items():
             rs.sort(key=lambda r: (natural_key(str(r.seed)), r.path))
             for r in rs[n:]:
-                r.reason = f"{label} has {n} runs on some games: the seeds above kept out"
+                r.reason = f"beyond the {n} lowest seeds that {label} has on every game"
                 extra.append(f"{game} seed {r.seed}")
             del rs[n:]
         if extra:
@@ -429,7 +430,7 @@ def curve_arrays(groups: dict[str, dict[str, list[Run]]], games: list[str], rows
             continue
         frames = [p[1] for p in every[0][start:length]]
         if any([p[1] for p in s[start:length]] != frames for s in every):
-            say(f"the runs of '{label}' log their iterations at different frames; its curve follows the iteration index")
+            say(f"the runs of '{label}' log their iterations at different frames; its curve follows the index")
         runs = len(series[games[0]])
         array = np.array([[[normalise(p[2], rows[g]) for p in series[g][i][start:length]] for g in games]
                           for i in range(runs)])
@@ -481,13 +482,14 @@ def plot_curves(curves: dict, estimates: dict, x_axis: str, label: str, path: st
     fig, ax = plt.subplots(figsize=(7, 5))
     most_frames = max(max(frames) for _, frames, _ in curves.values())
     scale, unit = (1e6, "millions") if most_frames >= 1e6 else (1e3, "thousands")
+    xlabel = "Iteration" if x_axis == "iteration" else f"Number of Frames (in {unit})"
     for alg, (index, frames, _) in curves.items():
         x = np.array(index) if x_axis == "iteration" else np.array(frames) / scale
         point, interval = estimates[alg]
-        plot_utils.plot_sample_efficiency_curve(x, {alg: point}, {alg: interval}, algorithms=[alg], colors=colors, ax=ax,
-                                                xlabel="Iteration" if x_axis == "iteration" else f"Number of Frames (in {unit})",
-                                                ylabel=f"IQM {label}", marker="o" if len(x) <= 30 else "",
-                                                labelsize="x-large", ticklabelsize="x-large")
+        plot_utils.plot_sample_efficiency_curve(x, {alg: point}, {alg: interval}, algorithms=[alg], colors=colors,
+                                                ax=ax, xlabel=xlabel, ylabel=f"IQM {label}",
+                                                marker="o" if len(x) <= 30 else "", labelsize="x-large",
+                                                ticklabelsize="x-large")
     outside_legend(ax)
     save(fig, path)
 
@@ -517,66 +519,71 @@ def plot_improvement(improvements: dict, baseline: str, path: str, colors: dict)
     save(fig, path)
 
 
-def plot_sweep(sweep: dict, key: str, label: str, path: str) -> None:
-    """IQM of the final scores against a swept flag with 95% CI error bars (the paper's figure 1)."""
+def plot_sweep(layout: dict, estimates: dict, key: str, label: str, path: str) -> None:
+    """Final IQM against a swept flag, 95% CIs as error bars (the paper's figure 1)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    series_colors = colours(list(sweep))
-    xs = sorted({x for points in sweep.values() for x, _, _ in points})
-    for series, points in sweep.items():
-        points = sorted(points)
+    series = sorted({s for s, _ in layout.values()}, key=natural_key)
+    series_colors = colours(series)
+    for name in series:
+        points = sorted((x, *estimates[a]) for a, (s, x) in layout.items() if s == name)
         x = np.array([p[0] for p in points], dtype=float)
-        y = np.array([p[1] for p in points])
-        err = np.abs(np.array([p[2] for p in points]).T - y)
-        ax.errorbar(x, y, yerr=err, color=series_colors[series], marker="o", capsize=4, linewidth=2, label=series)
-    if all(isinstance(x, (int, float)) and x > 0 for x in xs) and max(xs) / min(xs) >= 4:
+        iqm = np.array([p[1][0] for p in points])
+        err = np.abs(np.array([p[2][:, 0] for p in points]).T - iqm)
+        ax.errorbar(x, iqm, yerr=err, color=series_colors[name], marker="o", capsize=4, linewidth=2, label=name)
+    xs = sorted({x for _, x in layout.values()})
+    if min(xs) > 0 and max(xs) / min(xs) >= 4:
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [format_value(x) for x in xs])
     plot_utils._annotate_and_decorate_axis(ax, xlabel=key, ylabel=f"IQM {label}", labelsize="x-large")
-    if len(sweep) > 1:
+    if len(series) > 1:
         ax.legend(fontsize="large", frameon=False)
     save(fig, path)
 
 
-def sweep_points(args, groups, estimates) -> dict:
-    """{series: [(value of --sweep, IQM, CI)]} with one point per algorithm."""
-    sweep: dict[str, list] = {}
+def sweep_layout(args, groups: dict) -> dict:
+    """{algorithm: (series, value of the --sweep key)}, checked before any bootstrap."""
+    layout = {}
     for label, by_game in groups.items():
         configs = [r.config for rs in by_game.values() for r in rs]
-        values = {json.dumps(c.get(args.sweep)) for c in configs}
+        values = sorted({json.dumps(c.get(args.sweep)) for c in configs})
         if len(values) != 1:
-            raise UserError(f"the runs of '{label}' have several values of --sweep {args.sweep}: {', '.join(sorted(values))}")
-        series = label_of(configs[0], args.series_by) if args.series_by else "IQM"
-        point, interval = estimates[label]
-        sweep.setdefault(series, []).append((configs[0].get(args.sweep), point[0], interval[:, 0]))
-    for series, points in sweep.items():
-        xs = [p[0] for p in points]
-        if len(set(map(json.dumps, xs))) < len(xs):
-            raise UserError(f"several algorithms of series '{series}' have the same {args.sweep}: "
-                            "name the flags that tell them apart with --series-by")
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
-            raise UserError(f"--sweep {args.sweep} needs a numeric config key (values: {', '.join(map(str, xs))})")
-    return sweep
+            raise UserError(f"the runs of '{label}' have several values of --sweep {args.sweep} ({', '.join(values)}): "
+                            f"pass --label-by exp_name,{args.sweep}")
+        x = configs[0].get(args.sweep)
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            raise UserError(f"--sweep {args.sweep} needs a numeric config key ('{label}' has {x!r})")
+        layout[label] = (label_of(configs[0], args.series_by) if args.series_by else "IQM", x)
+    points = [(s, x) for s, x in layout.values()]
+    if len(set(points)) < len(points):
+        raise UserError(f"several algorithms share a series and a value of {args.sweep}: "
+                        "name the flags that tell them apart with --series-by")
+    return layout
 
 
 # ---- command line ----
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (python benchmark/aggregate.py --help)")
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = Parser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("runs", nargs="+", metavar="RUNS", help="folders searched recursively for runs")
-    p.add_argument("--baseline", help="algorithm label: probability of improvement of every other algorithm over it")
-    p.add_argument("--label-by", default="exp_name", help="config keys, comma-separated, whose values name the algorithms")
-    p.add_argument("--at-frames", type=float, help="final score: the last iteration at or before F frames (the paper: 40M)")
-    p.add_argument("--final-window", type=int, default=1, help="final score: mean over the last K iterations")
+    p.add_argument("--baseline", help="algorithm: the probability of improvement of every other one over it")
+    p.add_argument("--label-by", default="exp_name", help="config keys, comma-separated, naming the algorithms")
+    p.add_argument("--at-frames", type=float, help="final score: the last iteration at or before F frames (40e6)")
+    p.add_argument("--final-window", type=int, default=1, help="final score: the mean of the last K iterations")
     p.add_argument("--include-unfinished", action="store_true", help="aggregate runs without a final record too")
-    p.add_argument("--raw", action="store_true", help="raw scores, no normalisation (domains without a table)")
-    p.add_argument("--table", action="append", help="normalisation table CSV (repeatable); default: benchmark/*.csv "
-                   "with header game,<score of 0>,<score of 1>")
-    p.add_argument("--reps", type=int, default=2000,
-                   help="bootstrap resamples (default 2000, rliable's for profiles; its README's final figures use 50000)")
+    p.add_argument("--raw", action="store_true", help="raw scores, no normalisation (for domains without a table)")
+    p.add_argument("--table", action="append", help="normalisation table, repeatable (default: the CSV files in "
+                   "benchmark/ with header game,<score of 0>,<score of 1>)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000: rliable's default for "
+                   "profiles, seconds per algorithm; 50000, its README's for final figures, takes minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--x", choices=("frames", "iteration"), default="frames", help="x axis of the curves")
-    p.add_argument("--sweep", help="config key (e.g. num_experts): sweep.png plots the final IQM against it")
-    p.add_argument("--series-by", default="", help="config keys, comma-separated, that split --sweep into lines (e.g. moe)")
+    p.add_argument("--sweep", help="numeric config key (e.g. num_experts): sweep.png plots the final IQM against it")
+    p.add_argument("--series-by", default="", help="config keys, comma-separated, splitting --sweep in lines")
     p.add_argument("--out", help="output folder (default: RUNS[0]/aggregate)")
     args = p.parse_args(argv)
     args.label_by = [k.strip() for k in args.label_by.split(",") if k.strip()]
@@ -603,6 +610,34 @@ def aggregate(args) -> int:
         notes.append(message)
         print(f"warning: {message}", file=sys.stderr)
 
+    sel = select(args, say)
+    layout = sweep_layout(args, sel.groups) if args.sweep else None
+    res = compute(args, sel, say)
+    out = args.out or os.path.join(args.runs[0], "aggregate")
+    os.makedirs(out, exist_ok=True)
+    label = score_label([sel.rows[g] for g in sel.games])
+    write_plots(args, sel, res, layout, label, out)
+    report = Report(args, sel, res, label, notes)
+    report.write_csvs(out)
+    text = report.markdown()
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(text)
+    sys.stdout.write(text)
+    print(f"wrote {shown(out)}", file=sys.stderr)
+    return 0
+
+
+@dataclass
+class Selection:
+    runs: list  # every run found
+    usable: list  # finished (or --include-unfinished) runs with a score, repeats left out
+    rows: dict  # game -> its normalisation Row (None with --raw)
+    groups: dict  # algorithm -> game -> its runs in the aggregates, as many on every game
+    games: list  # the games of the aggregates
+    counts: dict  # algorithm -> runs per game
+
+
+def select(args, say) -> Selection:
     runs = [read_run(path) for path in find_run_dirs(args.runs)]
     if not runs:
         raise UserError(f"no runs under {', '.join(args.runs)} (a run is a folder with config.json and summary.jsonl): "
@@ -615,21 +650,19 @@ def aggregate(args) -> int:
     select_runs(runs, args, say)
     usable = [r for r in runs if not r.reason]
     if not usable:
-        reasons = sorted({r.reason for r in runs})
-        raise UserError(f"none of the {len(runs)} runs found can be aggregated ({'; '.join(reasons)[:300]})"
-                        + ("; --include-unfinished aggregates unfinished runs" if not args.include_unfinished else ""))
+        reasons = "; ".join(sorted({r.reason for r in runs}))
+        hint = "" if args.include_unfinished else "; --include-unfinished aggregates unfinished runs"
+        raise UserError(f"none of the {runs_count(len(runs))} found can be aggregated ({reasons[:300]}){hint}")
     check_labels(usable, say)
     rows = normalisation_rows(usable, None if args.raw else load_tables(args.table or default_tables()), say)
-
     groups: dict[str, dict[str, list[Run]]] = {}
     for r in sorted(usable, key=lambda r: natural_key(r.label)):
         if not r.reason:
             groups.setdefault(r.label, {}).setdefault(r.game, []).append(r)
     if not groups:
         raise UserError("no run is of a game that can be normalised: pass --raw to aggregate raw scores")
-    labels = list(groups)
     if args.baseline is not None and args.baseline not in groups:
-        raise UserError(f"unknown --baseline '{args.baseline}'; the algorithms are: {', '.join(labels)}")
+        raise UserError(f"unknown --baseline '{args.baseline}'; the algorithms are: {', '.join(groups)}")
     games = common_games(groups, say)
     if not games:
         raise UserError("no game is common to all algorithms: aggregate fewer algorithms at once")
@@ -638,117 +671,114 @@ def aggregate(args) -> int:
     if single:
         say(f"one run per game for {short_list(single)}: the bootstrap resamples runs within each game, so their "
             "intervals have zero width")
+    return Selection(runs, usable, rows, groups, games, counts)
 
-    matrices = {a: np.array([[normalise(groups[a][g][i].final, rows[g]) for g in games] for i in range(counts[a])])
-                for a in labels}
+
+@dataclass
+class Results:
+    names: list  # the metrics
+    estimates: dict  # algorithm -> (point estimate per metric, 2 x metrics CI)
+    curves: dict  # algorithm -> (iteration indices, frames, runs x games x points normalised scores)
+    curve_estimates: dict  # algorithm -> (IQM per point, 2 x points CI)
+    taus: np.ndarray
+    profiles: dict  # algorithm -> (score distribution over taus, 2 x taus CI)
+    improvements: dict  # algorithm -> (P(algorithm > baseline), CI)
+
+
+def compute(args, sel: Selection, say) -> Results:
+    matrices = {a: np.array([[normalise(by_game[g][i].final, sel.rows[g]) for g in sel.games]
+                             for i in range(sel.counts[a])]) for a, by_game in sel.groups.items()}
     names = list(METRICS[:3] if args.raw else METRICS)  # an optimality gap needs the score of 1 (human)
     estimates = {}
-    for a in labels:
-        point, interval = interval_estimate(matrices[a], aggregate_metrics, args.reps, args.seed)
+    for a, scores in matrices.items():
+        point, interval = interval_estimate(scores, aggregate_metrics, args.reps, args.seed)
         estimates[a] = (point[:len(names)], interval[:, :len(names)])
-    curves = curve_arrays(groups, games, rows, args.at_frames, say)
+    curves = curve_arrays(sel.groups, sel.games, sel.rows, args.at_frames, say)
     curve_estimates = {a: interval_estimate(array, iqm_per_point, args.reps, args.seed)
                        for a, (_, _, array) in curves.items()}
     taus = profile_thresholds(matrices, args.raw)
-    profiles = {a: profile_estimate(matrices[a], taus, args.reps, args.seed) for a in labels}
+    profiles = {a: profile_estimate(scores, taus, args.reps, args.seed) for a, scores in matrices.items()}
     improvements = {}
-    if args.baseline is not None:
-        for a in labels:
-            if a != args.baseline:
-                point, interval = interval_estimate((matrices[a], matrices[args.baseline]), probability_of_improvement,
-                                                    args.reps, args.seed)
-                improvements[a] = (float(point), interval.ravel())
+    for a, scores in matrices.items():
+        if args.baseline is not None and a != args.baseline:
+            pair = (scores, matrices[args.baseline])
+            point, interval = interval_estimate(pair, probability_of_improvement, args.reps, args.seed)
+            improvements[a] = (float(point), interval.ravel())
+    return Results(names, estimates, curves, curve_estimates, taus, profiles, improvements)
 
-    out = args.out or os.path.join(args.runs[0], "aggregate")
-    os.makedirs(out, exist_ok=True)
-    label = score_label([rows[g] for g in games])
-    colors = colours(labels)
-    plot_aggregates(estimates, names, label, os.path.join(out, "aggregates.png"), colors)
-    if curves:
-        plot_curves(curves, curve_estimates, args.x, label, os.path.join(out, "curves.png"), colors)
-    plot_profiles(profiles, taus, label, os.path.join(out, "profiles.png"), colors)
-    if improvements:
-        plot_improvement(improvements, args.baseline, os.path.join(out, "improvement.png"), colors)
-    if args.sweep:
-        plot_sweep(sweep_points(args, groups, {a: (estimates[a][0][:1], estimates[a][1][:, :1]) for a in labels}),
-                   args.sweep, label, os.path.join(out, "sweep.png"))
 
-    report = Report(args, runs, usable, groups, games, rows, counts, names, estimates, improvements, curves,
-                    curve_estimates, label, notes)
-    report.write_csvs(out)
-    text = report.markdown()
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(text)
-    sys.stdout.write(text)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+def write_plots(args, sel: Selection, res: Results, layout: dict | None, label: str, out: str) -> None:
+    colors = colours(list(sel.groups))
+    plot_aggregates(res.estimates, res.names, label, os.path.join(out, "aggregates.png"), colors)
+    if res.curves:
+        plot_curves(res.curves, res.curve_estimates, args.x, label, os.path.join(out, "curves.png"), colors)
+    plot_profiles(res.profiles, res.taus, label, os.path.join(out, "profiles.png"), colors)
+    if res.improvements:
+        plot_improvement(res.improvements, args.baseline, os.path.join(out, "improvement.png"), colors)
+    if layout:
+        plot_sweep(layout, res.estimates, args.sweep, label, os.path.join(out, "sweep.png"))
 
 
 @dataclass
 class Report:
     args: argparse.Namespace
-    runs: list
-    usable: list
-    groups: dict
-    games: list
-    rows: dict
-    counts: dict
-    names: list
-    estimates: dict
-    improvements: dict
-    curves: dict
-    curve_estimates: dict
+    sel: Selection
+    res: Results
     label: str
     notes: list
 
     def per_game(self) -> list[tuple]:
-        """(algorithm, game, raw scores, normalised scores or None) of every finished run with a
-        score, those the aggregates leave out (games not common to all, extra seeds) included."""
+        """(algorithm, game, raw final scores, normalised ones or None) of every usable run, those
+        the aggregates leave out (games not common to all, extra seeds) included."""
         cells: dict[tuple, list[Run]] = {}
-        for r in self.usable:
+        for r in self.sel.usable:
             cells.setdefault((r.label, r.game), []).append(r)
         out = []
         for (alg, game), rs in sorted(cells.items(), key=lambda kv: (natural_key(kv[0][0]), natural_key(kv[0][1]))):
             raw = np.array([r.final for r in rs])
-            row = self.rows.get(game)
+            row = self.sel.rows[game]
             normalisable = row is None or (row.zero is not None and row.one is not None)
             out.append((alg, game, raw, normalise(raw, row) if normalisable else None))
         return out
 
     def protocol(self) -> str:
-        a = self.args
+        a, games = self.args, self.sel.games
         final = f"the mean of the last {a.final_window} iterations" if a.final_window > 1 else "the last iteration"
         if a.at_frames:
             final += f" at or before {a.at_frames:g} frames"
-        sources = sorted({shown(self.rows[g].source) for g in self.games}) if not a.raw else []
-        tables = "raw scores" if a.raw else f"{self.label.lower()} ({', '.join(sources)})"
-        return (f"Scores: {tables}; final score of a run: {final}; 95% stratified-bootstrap CIs "
-                f"({a.reps} resamples, seed {a.seed}); {len(self.games)} games: {', '.join(self.games)}.")
+        if a.raw:
+            scores = "raw scores"
+        else:
+            scores = f"{self.label.lower()} ({', '.join(sorted({shown(self.sel.rows[g].source) for g in games}))})"
+        return (f"Scores: {scores}; final score of a run: {final}; 95% stratified-bootstrap CIs ({a.reps} resamples, "
+                f"seed {a.seed}); {len(games)} games: {', '.join(games)}.")
 
     def markdown(self) -> str:
-        parts = [f"# Aggregate of {runs_count(sum(self.counts.values()) * len(self.games))}", self.protocol(), "## Aggregates"]
-        header = ["algorithm", "runs/game", *self.names]
-        parts.append(markdown_table(header, [[a, self.counts[a], *(with_ci(p, ci) for p, ci in zip(point, interval.T))]
-                                             for a, (point, interval) in self.estimates.items()]))
-        if self.improvements:
+        sel, res = self.sel, self.res
+        parts = [f"# Aggregate of {runs_count(sum(sel.counts.values()) * len(sel.games))}", self.protocol(),
+                 "## Aggregates",
+                 markdown_table(["algorithm", "runs/game", *res.names],
+                                [[a, sel.counts[a], *(with_ci(p, ci) for p, ci in zip(point, interval.T))]
+                                 for a, (point, interval) in res.estimates.items()])]
+        if res.improvements:
             parts += [f"## Probability of improvement over {self.args.baseline}",
                       markdown_table(["algorithm X", f"P(X > {self.args.baseline})"],
-                                     [[a, with_ci(p, ci)] for a, (p, ci) in self.improvements.items()])]
-        if self.curves:
-            rows = []
-            for a, (index, _, _) in self.curves.items():
-                point, interval = self.curve_estimates[a]
-                rows.append([a, len(index), with_ci(point[-1], interval[:, -1])])
+                                     [[a, with_ci(p, ci)] for a, (p, ci) in res.improvements.items()])]
+        if res.curves:
+            last = {a: with_ci(point[-1], interval[:, -1]) for a, (point, interval) in res.curve_estimates.items()}
             parts += ["## Curves (IQM per iteration: curves.csv, curves.png)",
-                      markdown_table(["algorithm", "points", "IQM at the last point"], rows)]
-        parts += ["## Per-game final scores (raw; mean ± std over seeds, runs; every finished run)", self.per_game_table()]
+                      markdown_table(["algorithm", "points", "IQM at the last point"],
+                                     [[a, len(index), last[a]] for a, (index, _, _) in res.curves.items()])]
+        parts += ["## Per-game final scores (raw; mean ± std over seeds, runs; every finished run)",
+                  self.per_game_table()]
         if not self.args.raw:
-            used = sorted({r.game for r in self.usable}, key=natural_key)
-            parts += ["## Normalisation", markdown_table(["game", *self.rows[used[0]].names, "table"],
-                      [[g, fmt_opt(self.rows[g].zero), fmt_opt(self.rows[g].one), shown(self.rows[g].source)]
-                       for g in used])]
+            used = [sel.rows[g] for g in sorted({r.game for r in sel.usable}, key=natural_key)]
+            parts += ["## Normalisation",
+                      markdown_table(["game", *used[0].names, "table"],
+                                     [[row.game, fmt_opt(row.zero), fmt_opt(row.one), shown(row.source)]
+                                      for row in used])]
         parts += ["## Runs", self.runs_table()]
-        excluded = [r for r in self.runs if r.reason]
+        excluded = [r for r in sel.runs if r.reason]
         if excluded:
             parts += [f"Left out of the aggregates ({len(excluded)}):",
                       markdown_table(["run", "reason"], [[shown(r.path), r.reason] for r in excluded])]
@@ -760,39 +790,39 @@ class Report:
         cells = {(alg, game): raw for alg, game, raw, _ in self.per_game()}
         algs = sorted({a for a, _ in cells}, key=natural_key)
         games = sorted({g for _, g in cells}, key=natural_key)
-        return markdown_table(["game", *algs], [[g, *(mean_std(cells[(a, g)]) if (a, g) in cells else "" for a in algs)]
-                                                for g in games])
+        return markdown_table(["game", *algs],
+                              [[g, *(mean_std(cells[(a, g)]) if (a, g) in cells else "" for a in algs)] for g in games])
 
     def runs_table(self) -> str:
         rows = []
-        for a, by_game in self.groups.items():
+        for a, by_game in self.sel.groups.items():
             seeds = sorted({str(r.seed) for rs in by_game.values() for r in rs}, key=natural_key)
             rows.append([a, len(by_game), sum(map(len, by_game.values())), ", ".join(seeds)])
-        return markdown_table(["algorithm", "games", "runs aggregated", "seeds"], rows) + \
-            f"\n\nEvery run found, with its final score: runs.csv ({runs_count(len(self.runs))})."
+        return (markdown_table(["algorithm", "games", "runs aggregated", "seeds"], rows)
+                + f"\n\nEvery run found, with its final score: runs.csv ({runs_count(len(self.sel.runs))}).")
 
     def write_csvs(self, out: str) -> None:
-        rows = []
-        for a, (point, interval) in self.estimates.items():
-            rows += [[a, name, p, lo, hi, self.counts[a], len(self.games)] for name, p, (lo, hi) in zip(self.names, point, interval.T)]
-        for a, (p, (lo, hi)) in self.improvements.items():
-            rows.append([a, f"P(X > {self.args.baseline})", p, lo, hi, self.counts[a], len(self.games)])
-        write_csv(os.path.join(out, "aggregates.csv"), ["algorithm", "metric", "estimate", "ci_low", "ci_high", "runs_per_game",
-                                                        "games"], rows)
-        write_csv(os.path.join(out, "per_game.csv"), ["algorithm", "game", "runs", "mean", "std", "normalized_mean",
-                                                      "normalized_std"],
+        sel, res, games = self.sel, self.res, len(self.sel.games)
+        rows = [[a, name, p, lo, hi, sel.counts[a], games] for a, (point, interval) in res.estimates.items()
+                for name, p, (lo, hi) in zip(res.names, point, interval.T)]
+        rows += [[a, f"P(X > {self.args.baseline})", p, lo, hi, sel.counts[a], games]
+                 for a, (p, (lo, hi)) in res.improvements.items()]
+        write_csv(os.path.join(out, "aggregates.csv"),
+                  ["algorithm", "metric", "estimate", "ci_low", "ci_high", "runs_per_game", "games"], rows)
+        write_csv(os.path.join(out, "per_game.csv"),
+                  ["algorithm", "game", "runs", "mean", "std", "normalized_mean", "normalized_std"],
                   [[a, g, len(raw), raw.mean(), std(raw), *(["", ""] if norm is None else [norm.mean(), std(norm)])]
                    for a, g, raw, norm in self.per_game()])
         rows = []
-        for a, (index, frames, _) in self.curves.items():
-            point, (lo, hi) = self.curve_estimates[a]
-            rows += [[a, i, f, p, low, high, self.counts[a], len(self.games)] for i, f, p, low, high in zip(index, frames, point, lo, hi)]
-        write_csv(os.path.join(out, "curves.csv"), ["algorithm", "iteration", "frames", "iqm", "ci_low", "ci_high",
-                                                    "runs_per_game", "games"], rows)
-        write_csv(os.path.join(out, "runs.csv"), ["run", "algorithm", "game", "seed", "finished", "final_score", "included",
-                                                  "reason"],
-                  [[r.path, r.label, r.game, r.seed, r.finished, "" if r.final is None else r.final, not r.reason, r.reason]
-                   for r in self.runs])
+        for a, (index, frames, _) in res.curves.items():
+            point, (lo, hi) = res.curve_estimates[a]
+            rows += [[a, *values, sel.counts[a], games] for values in zip(index, frames, point, lo, hi)]
+        write_csv(os.path.join(out, "curves.csv"),
+                  ["algorithm", "iteration", "frames", "iqm", "ci_low", "ci_high", "runs_per_game", "games"], rows)
+        write_csv(os.path.join(out, "runs.csv"),
+                  ["run", "algorithm", "game", "seed", "finished", "final_score", "included", "reason"],
+                  [[r.path, r.label, r.game, r.seed, r.finished, "" if r.final is None else r.final, not r.reason,
+                    r.reason] for r in sel.runs])
 
 
 def std(values: np.ndarray) -> float:

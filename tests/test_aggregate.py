@@ -4,6 +4,7 @@ real tiny run of dqn_moe_atari.py (so the format it reads stays the agents')."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -102,12 +103,13 @@ def test_human_normalisation_of_known_scores():
 
 def test_table_covers_every_game_of_the_paper():
     rows = aggregate.load_tables(aggregate.default_tables())
-    paper = ("AirRaid Asterix Asteroids Bowling Breakout DemonAttack Freeway Gravitar Jamesbond MontezumaRevenge MsPacman "
-             "Pong PrivateEye Qbert Seaquest SpaceInvaders Venture WizardOfWor YarsRevenge Zaxxon Alien Amidar Assault "
-             "BankHeist BattleZone Boxing ChopperCommand CrazyClimber Frostbite Gopher Hero Kangaroo Krull KungFuMaster "
-             "RoadRunner UpNDown Atlantis BeamRider Berzerk Carnival Centipede DoubleDunk ElevatorAction Enduro "
-             "FishingDerby IceHockey JourneyEscape NameThisGame Phoenix Pitfall Pooyan Riverraid Robotank Skiing "
-             "Solaris StarGunner Tennis TimePilot Tutankham VideoPinball").split()
+    # appendix A: the 20-game subset, then the 26 games of Atari 100k and the rest of the 60-game set
+    paper = ("AirRaid Asterix Asteroids Bowling Breakout DemonAttack Freeway Gravitar Jamesbond MontezumaRevenge "
+             "MsPacman Pong PrivateEye Qbert Seaquest SpaceInvaders Venture WizardOfWor YarsRevenge Zaxxon Alien "
+             "Amidar Assault BankHeist BattleZone Boxing ChopperCommand CrazyClimber Frostbite Gopher Hero "
+             "Kangaroo Krull KungFuMaster RoadRunner UpNDown Atlantis BeamRider Berzerk Carnival Centipede "
+             "DoubleDunk ElevatorAction Enduro FishingDerby IceHockey JourneyEscape NameThisGame Phoenix Pitfall "
+             "Pooyan Riverraid Robotank Skiing Solaris StarGunner Tennis TimePilot Tutankham VideoPinball").split()
     assert len(set(paper)) == 60
     unscored = {g for g in paper if rows[aggregate.table_key(g)].one is None}
     assert unscored == {"AirRaid", "Carnival", "ElevatorAction", "JourneyEscape", "Pooyan"}
@@ -235,7 +237,8 @@ def test_atari100k_evaluations_are_the_score(tmp_path, capsys):
     """The Atari 100k agents also log training iterations; their score is the evaluation return."""
     root = tmp_path / "runs"
     for seed, score in enumerate((5.0, 9.0)):
-        write_run(root, "der", "Breakout", seed, [1.0, 1.5], frames=200_000, evals=[(50_000, score - 1), (100_000, score)])
+        write_run(root, "der", "Breakout", seed, [1.0, 1.5], frames=200_000,
+                  evals=[(50_000, score - 1), (100_000, score)])
     status, _, _ = run_main(capsys, root, "--out", tmp_path / "out", "--reps", "20")
     assert status == 0
     assert final_scores(tmp_path / "out") == {("der", "Breakout", 0): 5.0, ("der", "Breakout", 1): 9.0}
@@ -271,8 +274,8 @@ def test_labels_by_exp_name_and_by_config_keys(tmp_path, capsys):
     assert "differ in num_experts" in err  # one label over two configurations is worth a warning
     status, _, _ = run_main(capsys, root, "--out", tmp_path / "b", "--reps", "20", "--label-by", "moe,num_experts")
     assert status == 0
-    assert final_scores(tmp_path / "b") == {("moe=soft num_experts=1", "Pong", 0): 1.0, ("moe=soft num_experts=1", "Pong", 1): 2.0,
-                                            ("moe=soft num_experts=4", "Pong", 0): 4.0, ("moe=soft num_experts=4", "Pong", 1): 5.0}
+    assert final_scores(tmp_path / "b") == {(f"moe=soft num_experts={e}", "Pong", seed): float(e + seed)
+                                            for e in (1, 4) for seed in (0, 1)}
 
 
 def test_unequal_seeds_missing_games_and_unnormalisable_games(tmp_path, capsys):
@@ -288,7 +291,8 @@ def test_unequal_seeds_missing_games_and_unnormalisable_games(tmp_path, capsys):
     write_run(root, "a", "Seaquest", 0, [100.0])  # only 'a' has Seaquest
     status, out, err = run_main(capsys, root, "--out", tmp_path / "out", "--reps", "20")
     assert status == 0
-    assert sorted(final_scores(tmp_path / "out")) == [(a, g, s) for a in "ab" for g in ("Breakout", "Pong") for s in (0, 1)]
+    included = sorted(final_scores(tmp_path / "out"))
+    assert included == [(a, g, s) for a in "ab" for g in ("Breakout", "Pong") for s in (0, 1)]
     assert "cannot normalise AirRaid" in err
     assert "left out Seaquest (missing for b)" in err
     assert "'a' has unequal runs per game; kept 2 per game (lowest seeds), left out Pong seed 2" in err
@@ -299,19 +303,32 @@ def test_unequal_seeds_missing_games_and_unnormalisable_games(tmp_path, capsys):
     assert "| Seaquest | 100.0 ± 0.0 (1) |  |" in out
 
 
+def test_a_run_counts_once(tmp_path, capsys):
+    root = tmp_path / "runs"
+    first = write_run(root, "dqn", "Pong", 0, [1.0])
+    write_run(root / "more", "dqn", "Pong", 1, [3.0])
+    shutil.copytree(first, root / "copy")  # the same run again
+    status, _, err = run_main(capsys, root, root / "more", "--out", tmp_path / "out", "--reps", "20")
+    assert status == 0
+    assert final_scores(tmp_path / "out") == {("dqn", "Pong", 0): 1.0, ("dqn", "Pong", 1): 3.0}
+    assert len(read_csv(tmp_path / "out" / "runs.csv")) == 3  # root/more, given twice, counts once
+    assert "repeats" in err
+
+
 # ---- the command line ----
 def test_cli_writes_every_output_and_prints_the_tables(two_algorithms, tmp_path):
     root, _ = two_algorithms
     proc = run_cli(root, "--out", tmp_path / "out", "--reps", "100", "--baseline", "base", "--sweep", "num_experts",
                    "--series-by", "exp_name")
     assert proc.returncode == 0, proc.stderr
-    for name in ("summary.md", "aggregates.csv", "per_game.csv", "curves.csv", "runs.csv", "aggregates.png", "curves.png",
-                 "profiles.png", "improvement.png", "sweep.png"):
+    for name in ("summary.md", "aggregates.csv", "per_game.csv", "curves.csv", "runs.csv", "aggregates.png",
+                 "curves.png", "profiles.png", "improvement.png", "sweep.png"):
         assert os.path.getsize(tmp_path / "out" / name) > 0, name
     with open(tmp_path / "out" / "summary.md") as f:
         assert f.read() == proc.stdout
-    for needle in ("## Aggregates", "| better | 3 |", "## Probability of improvement over base", "## Per-game final scores",
-                   "| Pong |", "## Normalisation", "| Seaquest | 68.4 | 42054.7 |", "## Runs"):
+    for needle in ("## Aggregates", "| better | 3 |", "## Probability of improvement over base",
+                   "## Per-game final scores", "| Pong |", "## Normalisation", "| Seaquest | 68.4 | 42054.7 |",
+                   "## Runs"):
         assert needle in proc.stdout, needle
     assert "Traceback" not in proc.stderr
 
@@ -329,6 +346,8 @@ def test_default_output_folder_is_inside_the_first_runs_folder(tmp_path, capsys)
     (lambda root: write_run(root, "dqn", "FooBar", 0, [1.0]), [], "no normalisation scores for FooBar"),
     (lambda root: write_run(root, "dqn", "Pong", 0, [1.0], finished=False), [], "--include-unfinished"),
     (lambda root: write_run(root, "dqn", "Pong", 0, [1.0]), ["--label-by", "colour"], "config key 'colour'"),
+    (lambda root: write_run(root, "dqn", "Pong", 0, [1.0]), ["--reps", "many"], "--reps"),
+    (lambda root: write_run(root, "dqn", "Pong", 0, [1.0]), ["--sweep", "moe"], "numeric config key"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, make, flags, needle):
     make(tmp_path / "runs")
@@ -367,10 +386,10 @@ def test_a_normalisation_table_added_as_data(tmp_path, capsys):
 # ---- in sync with the agents ----
 def test_a_real_dqn_run_is_aggregated(tmp_path, capsys):
     runs = tmp_path / "runs"
-    proc = run_script("dqn_moe_atari.py", ["--env-id", "Breakout", "--impala-channels", "4", "8", "8", "--expert-hidden", "16",
-                                           "--num-experts", "2", "--batch-size", "8", "--buffer-size", "1000",
-                                           "--min-replay-history", "50", "--iteration-steps", "100", "--log-every", "100",
-                                           "--total-frames", "1600", "--device", "cpu", "--exp-name", "tiny"], runs)
+    flags = ["--env-id", "Breakout", "--impala-channels", "4", "8", "8", "--expert-hidden", "16", "--num-experts", "2",
+             "--batch-size", "8", "--buffer-size", "1000", "--min-replay-history", "50", "--iteration-steps", "100",
+             "--log-every", "100", "--total-frames", "1600", "--device", "cpu", "--exp-name", "tiny"]
+    proc = run_script("dqn_moe_atari.py", flags, runs)
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = records(only_run_dir(runs))
     status, out, _ = run_main(capsys, runs, "--out", tmp_path / "out", "--reps", "20")

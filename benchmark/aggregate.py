@@ -259,12 +259,12 @@ def select_runs(runs: list[Run], args, say) -> None:
         if not r.reason:
             r.final = final_score(r.points, args.at_frames, args.final_window)
             if r.final is None:
-                at = f" at or before {args.at_frames:g} frames" if args.at_frames else ""
+                at = f" at or before {args.at_frames:,.0f} frames" if args.at_frames else ""
                 r.reason = f"no score{at} (no episode ended, no evaluation)"
     if args.at_frames:
         short = [r for r in runs if not r.reason and r.points[-1][1] < args.at_frames]
         if short:
-            say(f"{runs_count(len(short))} end before {args.at_frames:g} frames; their final score is their last "
+            say(f"{runs_count(len(short))} end before {args.at_frames:,.0f} frames; their final score is their last "
                 f"iteration's: {short_list(shown(r.path) for r in short)}")
     seen = {}
     for r in runs:
@@ -745,7 +745,7 @@ class Report:
         a, games = self.args, self.sel.games
         final = f"the mean of the last {a.final_window} iterations" if a.final_window > 1 else "the last iteration"
         if a.at_frames:
-            final += f" at or before {a.at_frames:g} frames"
+            final += f" at or before {a.at_frames:,.0f} frames"
         if a.raw:
             scores = "raw scores"
         else:

@@ -110,6 +110,10 @@ def read_run(path: str) -> Run:
             if i < len(lines) - 1:  # a last line can be half-written by a run still going
                 run.reason = f"summary.jsonl line {i + 1} is not JSON"
                 return run
+    if not isinstance(run.config, dict) or not all(isinstance(r, dict) for r in run.records):
+        run.reason = "config.json or summary.jsonl does not hold JSON objects"
+        run.config, run.records = {}, []
+        return run
     final = next((r for r in run.records if r.get("final")), {})
     run.finished = bool(final)
     run.game = final.get("game") or game_of(final.get("env_id") or run.config.get("env_id") or "")
@@ -145,14 +149,13 @@ def game_of(env_id: str) -> str:
     return env_id.split("/")[-1].split("-")[0]
 
 
-def final_score(points: list[tuple], at_frames: float | None, window: int) -> float | None:
-    kept = [p for p in points if at_frames is None or p[1] <= at_frames]
-    scores = [score for _, _, score in kept[-window:] if score is not None]
-    return float(np.mean(scores)) if scores else None
-
-
 def cut_points(points: list[tuple], at_frames: float | None) -> list[tuple]:
     return [p for p in points if at_frames is None or p[1] <= at_frames]
+
+
+def final_score(points: list[tuple], at_frames: float | None, window: int) -> float | None:
+    scores = [score for _, _, score in cut_points(points, at_frames)[-window:] if score is not None]
+    return float(np.mean(scores)) if scores else None
 
 
 def shown(path: str) -> str:
@@ -218,8 +221,9 @@ def load_tables(paths: list[str]) -> dict[str, Row]:
         names = (table[0][1].strip(), table[0][2].strip())
         for cells in table[1:]:
             row = parse_row(cells, names, path)
-            if table_key(row.game) in rows and rows[table_key(row.game)][1:3] != (row.zero, row.one):
-                raise UserError(f"{row.game} has two different rows in the normalisation tables ({path})")
+            known = rows.get(table_key(row.game))
+            if known is not None and (known.zero, known.one) != (row.zero, row.one):
+                raise UserError(f"{row.game} has two different rows in the tables {known.source} and {path}")
             rows[table_key(row.game)] = row
     return rows
 

@@ -396,6 +396,11 @@ def test_a_normalisation_table_added_as_data(tmp_path, capsys):
     assert status == 0
     assert float(aggregates(tmp_path / "out")[("sac", "IQM")]["estimate"]) == 0.5
     assert "normalized score" in out
+    clash = tmp_path / "clash.csv"
+    clash.write_text("game,random,human\nPong,0,1\n")
+    status, _, err = run_main(capsys, tmp_path / "runs", "--reps", "20", "--table", table, "--table", clash,
+                              "--table", os.path.join(ROOT, "benchmark", "atari_human_random.csv"))
+    assert status == 2 and "Pong has two different rows" in err
 
 
 # ---- in sync with the agents ----

@@ -319,7 +319,8 @@ def normalisation_rows(runs: list[Run], tables: dict[str, Row] | None, say) -> d
     rows = {g: tables[table_key(g)] for g in games}
     empty = [g for g in games if rows[g].zero is None or rows[g].one is None]
     if empty:
-        say(f"cannot normalise {', '.join(empty)} (no {rows[empty[0]].names[1]} score in {rows[empty[0]].source}): "
+        row = rows[empty[0]]
+        say(f"cannot normalise {', '.join(empty)} (no {row.names[1]} score in {shown(row.source)}): "
             "left out of the aggregates, kept in the per-game table")
         for r in runs:
             if r.game in empty:

@@ -77,6 +77,7 @@ class Run:
     seed: int | None = None
     label: str = ""
     points: list = field(default_factory=list)  # (index, frames, score or None), in order
+    hours: list = field(default_factory=list)  # wall-clock hours of training at each point, or None
     final: float | None = None  # raw final score
     reason: str = ""  # why it is out of the aggregates; empty while it is in
 
@@ -119,6 +120,7 @@ def read_run(path: str) -> Run:
     run.game = final.get("game") or game_of(final.get("env_id") or run.config.get("env_id") or "")
     run.seed = run.config.get("seed", final.get("seed"))
     run.points = score_points(run.records)
+    run.hours = training_hours(run.records, len(run.points))
     if not run.game:
         run.reason = "no env_id in config.json"
     return run
@@ -142,6 +144,22 @@ def score_points(records: list[dict]) -> list[tuple]:
             last = float(value)
         points.append((i, record.get("frames", record.get("step", i)), last))
     return points
+
+
+def training_hours(records: list[dict], count: int) -> list:
+    """Wall-clock hours of training at the end of each iteration, from the iterations' steps/s
+    (evaluations and pauses excluded); None where a run reports no iterations (appendix E plots
+    the IQM against these hours)."""
+    if any(r.get("eval") for r in records):
+        return [None] * count
+    hours, seconds, step = [], 0.0, 0
+    for r in records:
+        if "iteration" in r and not r.get("final"):
+            if r.get("sps"):
+                seconds += (r["step"] - step) / r["sps"]
+            step = r["step"]
+            hours.append(seconds / 3600)
+    return hours if len(hours) == count else [None] * count
 
 
 def game_of(env_id: str) -> str:
@@ -419,8 +437,9 @@ def profile_thresholds(matrices: dict[str, np.ndarray], raw: bool) -> np.ndarray
 
 
 def curve_arrays(groups: dict[str, dict[str, list[Run]]], games: list[str], rows: dict, at_frames, say):
-    """Per algorithm: (frames of each point, runs x games x points array of normalised scores),
-    over the points every run has a score for; runs are aligned by iteration index."""
+    """Per algorithm: (iteration index and frames of each point, runs x games x points array of
+    normalised scores, mean training hours at each point), over the points every run has a score
+    for; runs are aligned by iteration index."""
     curves = {}
     for label, by_game in groups.items():
         series = {g: [cut_points(r.points, at_frames) for r in by_game[g]] for g in games}
@@ -439,7 +458,9 @@ def curve_arrays(groups: dict[str, dict[str, list[Run]]], games: list[str], rows
         runs = len(series[games[0]])
         array = np.array([[[normalise(p[2], rows[g]) for p in series[g][i][start:length]] for g in games]
                           for i in range(runs)])
-        curves[label] = (list(range(start, length)), frames, array)
+        hours = [[r.hours[i] for g in games for r in by_game[g][:runs]] for i in range(start, length)]
+        mean_hours = [float(np.mean(h)) if None not in h else np.nan for h in hours]
+        curves[label] = (list(range(start, length)), frames, array, mean_hours)
     return curves
 
 
@@ -485,11 +506,11 @@ def plot_aggregates(estimates: dict, names: list[str], label: str, path: str, co
 
 def plot_curves(curves: dict, estimates: dict, x_axis: str, label: str, path: str, colors: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
-    most_frames = max(max(frames) for _, frames, _ in curves.values())
+    most_frames = max(max(frames) for _, frames, _, _ in curves.values())
     scale, unit = (1e6, "millions") if most_frames >= 1e6 else (1e3, "thousands")
-    xlabel = "Iteration" if x_axis == "iteration" else f"Number of Frames (in {unit})"
-    for alg, (index, frames, _) in curves.items():
-        x = np.array(index) if x_axis == "iteration" else np.array(frames) / scale
+    xlabel = {"iteration": "Iteration", "hours": "Time (hours)"}.get(x_axis, f"Number of Frames (in {unit})")
+    for alg, (index, frames, _, hours) in curves.items():
+        x = {"iteration": np.array(index), "hours": np.array(hours)}.get(x_axis, np.array(frames) / scale)
         point, interval = estimates[alg]
         plot_utils.plot_sample_efficiency_curve(x, {alg: point}, {alg: interval}, algorithms=[alg], colors=colors,
                                                 ax=ax, xlabel=xlabel, ylabel=f"IQM {label}",
@@ -586,7 +607,10 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000: rliable's default for "
                    "profiles, seconds per algorithm; 50000, its README's for final figures, takes minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    p.add_argument("--x", choices=("frames", "iteration"), default="frames", help="x axis of the curves")
+    p.add_argument("--x", choices=("frames", "iteration", "hours"), default="frames",
+                   help="x axis of the curves (hours: wall clock of training, mean over the runs; figure 19)")
+    p.add_argument("--games", type=lambda text: text.replace(",", " ").split(), default=None,
+                   help="only these games, e.g. \"Pong Breakout\" (figure 8's 20-game panel among 60 games)")
     p.add_argument("--sweep", help="numeric config key (e.g. num_experts): sweep.png plots the final IQM against it")
     p.add_argument("--series-by", default="", help="config keys, comma-separated, splitting --sweep in lines")
     p.add_argument("--out", help="output folder (default: RUNS[0]/aggregate)")
@@ -652,6 +676,13 @@ def select(args, say) -> Selection:
             raise UserError(f"no run has the config key '{key}'; keys are e.g. {', '.join(list(runs[0].config)[:8])}")
     for r in runs:
         r.label = label_of(r.config, args.label_by)
+    if args.games:
+        wanted = {table_key(g) for g in args.games}
+        for r in runs:
+            if not r.reason and table_key(r.game) not in wanted:
+                r.reason = "not in --games"
+        if all(r.reason for r in runs):
+            raise UserError(f"no run is of a game in --games ({short_list(args.games)})")
     select_runs(runs, args, say)
     usable = [r for r in runs if not r.reason]
     if not usable:
@@ -700,7 +731,7 @@ def compute(args, sel: Selection, say) -> Results:
         estimates[a] = (point[:len(names)], interval[:, :len(names)])
     curves = curve_arrays(sel.groups, sel.games, sel.rows, args.at_frames, say)
     curve_estimates = {a: interval_estimate(array, iqm_per_point, args.reps, args.seed)
-                       for a, (_, _, array) in curves.items()}
+                       for a, (_, _, array, _) in curves.items()}
     taus = profile_thresholds(matrices, args.raw)
     profiles = {a: profile_estimate(scores, taus, args.reps, args.seed) for a, scores in matrices.items()}
     improvements = {}
@@ -773,7 +804,7 @@ class Report:
             last = {a: with_ci(point[-1], interval[:, -1]) for a, (point, interval) in res.curve_estimates.items()}
             parts += ["## Curves (IQM per iteration: curves.csv, curves.png)",
                       markdown_table(["algorithm", "points", "IQM at the last point"],
-                                     [[a, len(index), last[a]] for a, (index, _, _) in res.curves.items()])]
+                                     [[a, len(index), last[a]] for a, (index, _, _, _) in res.curves.items()])]
         parts += ["## Per-game final scores (raw; mean ± std over seeds, runs; every finished run)",
                   self.per_game_table()]
         if not self.args.raw:
@@ -819,11 +850,12 @@ class Report:
                   [[a, g, len(raw), raw.mean(), std(raw), *(["", ""] if norm is None else [norm.mean(), std(norm)])]
                    for a, g, raw, norm in self.per_game()])
         rows = []
-        for a, (index, frames, _) in res.curves.items():
+        for a, (index, frames, _, hours) in res.curves.items():
             point, (lo, hi) = res.curve_estimates[a]
-            rows += [[a, *values, sel.counts[a], games] for values in zip(index, frames, point, lo, hi)]
+            rows += [[a, *values, sel.counts[a], games] for values in zip(index, frames, hours, point, lo, hi)]
         write_csv(os.path.join(out, "curves.csv"),
-                  ["algorithm", "iteration", "frames", "iqm", "ci_low", "ci_high", "runs_per_game", "games"], rows)
+                  ["algorithm", "iteration", "frames", "hours", "iqm", "ci_low", "ci_high", "runs_per_game", "games"],
+                  rows)
         write_csv(os.path.join(out, "runs.csv"),
                   ["run", "algorithm", "game", "seed", "finished", "final_score", "included", "reason"],
                   [[r.path, r.label, r.game, r.seed, r.finished, "" if r.final is None else r.final, not r.reason,

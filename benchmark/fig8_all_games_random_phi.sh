@@ -5,7 +5,8 @@
 # 5 seeds, 200M frames.
 #   SEEDS=1 GAMES="Pong Breakout" FRAMES=2000000 bash benchmark/fig8_all_games_random_phi.sh --dry-run
 #   python benchmark/aggregate.py runs/sweeps/fig8/rainbow_none__* runs/sweeps/fig8/rainbow_soft_e8__* --baseline rainbow_none
-#   python benchmark/aggregate.py runs/sweeps/fig8 --games "$GAMES_20" --baseline rainbow_none   (right panel)
+#   python benchmark/aggregate.py runs/sweeps/fig8 --baseline rainbow_none \
+#     --games "$(source benchmark/sweep_common.sh; echo $GAMES_20)"                       (right panel)
 SWEEP=fig8
 source "$(dirname "$0")/sweep_common.sh"
 FRAMES=${FRAMES:-200000000}

@@ -420,3 +420,28 @@ def test_a_real_dqn_run_is_aggregated(tmp_path, capsys):
     first = next(i for i, r in enumerate(recs) if r.get("episode_return") is not None)
     assert [int(r["frames"]) for r in curve] == [r["frames"] for r in recs[first:-1]]
     assert "| Breakout | " in out
+
+
+def test_games_filter_and_wall_clock_axis(tmp_path, capsys):
+    """--games keeps the named games only (figure 8's 20-game panel); --x hours puts the curves
+    on the training wall clock, summed from each iteration's steps/s (figure 19)."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for game in ("Pong", "Breakout", "Seaquest"):
+            write_run(root, "fast", game, seed, [raw(game, 0.1), raw(game, 0.2)])
+    hours = aggregate.training_hours([{"iteration": 0, "step": 1000, "sps": 500.0},
+                                      {"iteration": 1, "step": 3000, "sps": 250.0}, {"final": True}], 2)
+    assert hours == pytest.approx([2 / 3600, 10 / 3600])
+    assert aggregate.training_hours([{"eval": True, "step": 5}], 1) == [None]
+    status, _, _ = run_main(capsys, root, "--games", "Pong,ALE/Breakout-v5", "--x", "hours", "--reps", "20",
+                            "--out", tmp_path / "out")
+    assert status == 0
+    runs = read_csv(tmp_path / "out" / "runs.csv")
+    assert {r["game"] for r in runs if r["included"] == "True"} == {"Pong", "Breakout"}
+    assert all(r["reason"] == "not in --games" for r in runs if r["game"] == "Seaquest")
+    per_iteration = FRAMES // 4 / 500.0 / 3600  # write_run logs 500 steps/s
+    assert [float(r["hours"]) for r in read_csv(tmp_path / "out" / "curves.csv")] == \
+        pytest.approx([per_iteration, 2 * per_iteration])
+    assert os.path.getsize(tmp_path / "out" / "curves.png") > 0
+    status, _, err = run_main(capsys, root, "--games", "Zaxxon", "--out", tmp_path / "out2")
+    assert status == 2 and "no run is of a game in --games" in err

@@ -498,9 +498,10 @@ def plot_aggregates(estimates: dict, names: list[str], label: str, path: str, co
     labels = list(estimates)[::-1]  # rliable draws the first at the bottom: the first on top, as in the tables
     points = {a: estimates[a][0] for a in labels}
     intervals = {a: estimates[a][1] for a in labels}
+    row_height = max(0.37, 1.2 / len(labels))  # inches per algorithm
     fig, _ = plot_utils.plot_interval_estimates(points, intervals, metric_names=names, algorithms=labels, colors=colors,
-                                                xlabel=label, row_height=max(0.37, 1.2 / len(labels)),
-                                                xlabel_y_coordinate=-0.5 / len(labels) - 0.1)
+                                                xlabel=label, row_height=row_height,
+                                                xlabel_y_coordinate=-0.6 / (row_height * len(labels)))  # below the ticks
     save(fig, path)
 
 

@@ -6,6 +6,7 @@
 #   SEEDS=1 GAMES=Pong SCHEDULES=100k bash benchmark/fig12_16_atari100k.sh --dry-run
 #   python benchmark/aggregate.py runs/sweeps/fig12_16/der_*_50M --baseline der_none_50M
 SWEEP=fig12_16
+RUNS_PER_GPU=${RUNS_PER_GPU:-4}  # four Atari 100k runs saturate one H100 (RESULTS.md)
 source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-$GAMES_26}
 AGENTS=${AGENTS:-"der drq"}
@@ -32,4 +33,4 @@ commands() {
     done
   done
 }
-commands | RUNS_PER_GPU=${RUNS_PER_GPU:-4} launch "$@"
+commands | launch "$@"

@@ -7,6 +7,7 @@
 #   python benchmark/aggregate.py runs/sweeps/fig19/*_impala --x hours
 SWEEP=fig19
 SEEDS=${SEEDS:-3}
+RUNS_PER_GPU=${RUNS_PER_GPU:-1}
 source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-$GAMES_20}
 FRAMES=${FRAMES:-200000000}

@@ -31,6 +31,8 @@ it. Slurm does the scheduling; `--status` asks `squeue` about the queued and run
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import getpass
 import hashlib
 import json
@@ -284,6 +286,23 @@ def make_slots(opts) -> list[str | None]:
     return [None] * (opts.jobs or max(1, (os.cpu_count() or 1) // (opts.threads_per_run or 2)))
 
 
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: str):
+    """One launcher at a time runs a sweep here: a second one would start the same runs."""
+    with open(os.path.join(sweep_dir, ".launch.lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            fail(f"another launcher is running this sweep ({f.read().strip() or 'pid unknown'}); "
+                 "wait for it, or stop it (its runs continue at the next launch)")
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+
+
 def run_local(run_dirs: list[str], opts) -> int:
     slots = make_slots(opts)
     threads = opts.threads_per_run or max(1, (os.cpu_count() or 1) // len(slots))
@@ -479,7 +498,10 @@ def main(argv=None) -> int:
         print(f"launch: {skipped} of {len(run_dirs)} run(s) done, failed or under way: not started again", flush=True)
     if opts.slurm:
         return submit_slurm(pending, opts)
-    return run_local(pending, opts) if pending else 0
+    if not pending:
+        return 0
+    with sweep_lock(opts.sweep_dir):
+        return run_local(to_start(classify(run_dirs), opts.retry_failed), opts)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
 #   EXTRA="..."        flags added to every command, e.g. "--compile --cudagraphs --no-torch-deterministic"
 #   RUNS_DIR=runs/sweeps   the sweep's folder is $RUNS_DIR/<sweep>
 #   CHECKPOINT_EVERY   agent steps between checkpoints of long runs (resume after an interruption)
-#   RUNS_PER_GPU       runs sharing one GPU (also --runs-per-gpu on the command line)
+#   RUNS_PER_GPU=2     runs sharing one GPU (also --runs-per-gpu): two 200M-frame runs on an H100
+#                      train at ~500 steps/s each (RESULTS.md); Atari 100k runs saturate it at 4
 #   PYTHON=python3     the interpreter that runs the launcher
 # Arguments of the sweep go to the launcher: --dry-run, --status, --slurm --partition P --time T, ...
 set -euo pipefail
@@ -31,6 +32,7 @@ EXTRA=${EXTRA:-}
 RUNS_DIR=${RUNS_DIR:-runs/sweeps}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-2500000}
 PYTHON=${PYTHON:-python3}
+RUNS_PER_GPU=${RUNS_PER_GPU:-2}
 
 seeds() {
   if [[ $SEEDS =~ ^[0-9]+$ ]]; then seq 1 "$SEEDS"; else echo $SEEDS; fi
@@ -47,5 +49,5 @@ emit() {
 }
 
 launch() {
-  "$PYTHON" benchmark/launch.py --sweep-dir "$RUNS_DIR/$SWEEP" --commands - --runs-per-gpu "${RUNS_PER_GPU:-1}" "$@"
+  "$PYTHON" benchmark/launch.py --sweep-dir "$RUNS_DIR/$SWEEP" --commands - --runs-per-gpu "$RUNS_PER_GPU" "$@"
 }

@@ -30,6 +30,7 @@ run = get("--resume") or os.path.join(get("--runs-dir"), "run")
 os.makedirs(run, exist_ok=True)
 with open(os.path.join(get("--stamps"), f"{os.getpid()}.json"), "w") as f:
     json.dump({"start": time.time(), "omp": os.environ.get("OMP_NUM_THREADS"), "resumed": "--resume" in a,
+               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
                "args": a}, f)
 open(os.path.join(run, "config.json"), "w").write(json.dumps({"exp_name": get("--exp-name")}))
 open(os.path.join(run, "checkpoint.pt"), "w").write("state")
@@ -132,6 +133,19 @@ def test_parallel_runs_each_once(fake):
     assert code == 0 and len(stamps(fake)) == 5
 
 
+def test_runs_share_out_the_gpus(fake):
+    """--gpus 0,1 --runs-per-gpu 2: four runs at once, two on each GPU (the launcher only sets
+    CUDA_VISIBLE_DEVICES, so this runs without a GPU)."""
+    sweep = fake / "sweep"
+    commands = write_commands(fake, [fake_command(fake, "a", s, "--sleep", "2") for s in range(1, 7)])
+    code, out = launcher(sweep, commands, "--gpus", "0,1", "--runs-per-gpu", "2")
+    assert code == 0 and "on 2 GPU(s) x 2" in out, out
+    runs = stamps(fake)
+    first = sorted(runs, key=lambda r: r["start"])[:4]
+    assert sorted(r["gpu"] for r in first) == ["0", "0", "1", "1"]
+    assert {r["gpu"] for r in runs} == {"0", "1"}
+
+
 def test_failures_are_reported_and_retried_on_request(fake):
     sweep = fake / "sweep"
     commands = write_commands(fake, [fake_command(fake, "ok", 1), fake_command(fake, "bad", 1, "--fail")])
@@ -155,6 +169,8 @@ def test_sigterm_stops_the_sweep_and_the_next_launch_continues_it(fake):
     deadline = time.time() + 60
     while len(stamps(fake)) < 2 and time.time() < deadline:
         time.sleep(0.1)
+    code, second = launcher(sweep, commands, "--jobs", "2")
+    assert code != 0 and "error: another launcher is running this sweep" in second, second
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out

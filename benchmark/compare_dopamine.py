@@ -103,7 +103,7 @@ def plot(ours: dict, theirs: dict, games: list[str], path: str, full: bool) -> N
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     colors = plt.get_cmap("tab10")
     for ax, game in zip(axes.flat, games):
-        last = max(max(ours[label].get(game, {0: None})) for label in ours)
+        last = max(max(by_game[game]) for by_game in ours.values() if game in by_game)  # our last iteration
         for i, (agent, curve) in enumerate(sorted(theirs[game].items())):
             x = np.array([k for k in sorted(curve) if full or k <= last])
             values = [np.array(curve[k]) for k in x]

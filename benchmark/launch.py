@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -184,9 +185,15 @@ def classify(run_dirs: list[str]) -> dict[str, str]:
     return {d: live_status(s, queue) for d, s in states.items()}
 
 
-def to_start(statuses: dict[str, str], retry_failed: bool) -> list[str]:
+def startable(run_dirs: list[str], retry_failed: bool) -> list[str]:
+    """The runs to start now: pending and stopped ones (and failed ones with --retry-failed)."""
     wanted = {"pending", "stopped"} | ({"failed"} if retry_failed else set())
-    return [d for d, s in statuses.items() if s in wanted]
+    statuses = classify(run_dirs)
+    pending = [d for d, s in statuses.items() if s in wanted]
+    if len(pending) < len(run_dirs):
+        print(f"launch: {len(run_dirs) - len(pending)} of {len(run_dirs)} run(s) done, failed or under way: "
+              "not started again", flush=True)
+    return pending
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +215,7 @@ def prepare_argv(run_dir: str, state: dict) -> list[str]:
     resumable = [d for d in agent_run_folders(run_dir) if os.path.isfile(os.path.join(d, "checkpoint.pt"))]
     for folder in agent_run_folders(run_dir):
         if folder not in resumable[-1:]:
-            subprocess.run(["rm", "-rf", folder], check=False)
+            shutil.rmtree(folder, ignore_errors=True)
     if resumable:
         argv += ["--resume", resumable[-1]]
     return argv
@@ -491,17 +498,11 @@ def main(argv=None) -> int:
         print(f"# {len(commands)} command(s); sweep folder {opts.sweep_dir}", file=sys.stderr)
         return 0
     run_dirs = register(opts.sweep_dir, commands, os.getcwd())
-    statuses = classify(run_dirs)
-    pending = to_start(statuses, opts.retry_failed)
-    skipped = len(run_dirs) - len(pending)
-    if skipped:
-        print(f"launch: {skipped} of {len(run_dirs)} run(s) done, failed or under way: not started again", flush=True)
     if opts.slurm:
-        return submit_slurm(pending, opts)
-    if not pending:
-        return 0
-    with sweep_lock(opts.sweep_dir):
-        return run_local(to_start(classify(run_dirs), opts.retry_failed), opts)
+        return submit_slurm(startable(run_dirs, opts.retry_failed), opts)
+    with sweep_lock(opts.sweep_dir):  # before reading the states: a second launcher would start the same runs
+        pending = startable(run_dirs, opts.retry_failed)
+        return run_local(pending, opts) if pending else 0
 
 
 if __name__ == "__main__":

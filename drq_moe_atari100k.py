@@ -231,6 +231,67 @@ def get_env_state(env) -> dict:
 
 def set_env_state(env, state: dict) -> None:
     env.unwrapped.ale.restoreState(state["ale"])
+
+class AtariEnvs:
+    """K Atari environments stepped together with `make_env`'s protocol: `send` the actions,
+    do other work, `recv` the (K, 84, 84) frames, rewards, terminations and truncations. An
+    environment whose episode ended starts the next one at its following call, which ignores
+    its action and is not an agent step (ale-py's NEXT_STEP autoreset). K = 1 is a gymnasium env
+    whose emulator state a checkpoint saves (exact resume); K > 1 is ale-py's threaded C++ vector
+    env, stepping while the learner works, with the same frames pixel for pixel
+    (tests/test_num_envs.py) but no emulator state to save."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, sticky_actions: bool, max_episode_frames: int,
+                 video_dir: Optional[str] = None):
+        self.num_envs = num_envs
+        if num_envs == 1:
+            self.env = make_env(env_id, seed, sticky_actions, max_episode_frames, video_dir)
+            self.num_actions = int(self.env.action_space.n)
+        else:
+            self.env = AtariVectorEnv(
+                gym.spec(env_id).kwargs["game"], num_envs, repeat_action_probability=0.25 if sticky_actions else 0.0,
+                max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=0, use_fire_reset=False,
+                reward_clipping=False, episodic_life=False, num_threads=min(num_envs, os.cpu_count() or 1))
+            self.num_actions = int(self.env.single_action_space.n)
+        self.ended = np.zeros(num_envs, dtype=bool)  # the last step ended the episode: the next call restarts
+        self.action = 0
+
+    def reset(self, seed: Optional[int] = None) -> np.ndarray:
+        self.ended[:] = False
+        obs, _ = self.env.reset(seed=seed)
+        return obs[None] if self.num_envs == 1 else obs[:, -1]
+
+    def send(self, actions: np.ndarray) -> None:
+        if self.num_envs == 1:
+            self.action = int(actions[0])
+        else:
+            self.env.send(actions)
+
+    def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if self.num_envs > 1:
+            obs, reward, terminated, truncated, _ = self.env.recv()
+            frames, reward = obs[:, -1], reward.astype(np.float64)
+        elif self.ended[0]:
+            obs, _ = self.env.reset()
+            frames, reward, terminated, truncated = obs[None], np.zeros(1), np.zeros(1, bool), np.zeros(1, bool)
+        else:
+            obs, r, term, trunc, _ = self.env.step(self.action)
+            frames, reward, terminated, truncated = obs[None], np.array([float(r)]), np.array([term]), np.array([trunc])
+        self.ended = terminated | truncated
+        return frames, reward, terminated, truncated
+
+    def state(self) -> Optional[dict]:
+        """The emulator with its RNG (sticky actions); None for K > 1."""
+        if self.num_envs > 1:
+            return None
+        return {**get_env_state(self.env), "ended": bool(self.ended[0])}
+
+    def set_state(self, state: dict) -> None:
+        set_env_state(self.env, state)
+        self.ended[0] = state["ended"]
+
+    def close(self) -> None:
+        self.env.close()
 # ---- end block: atari_env ----
 
 
@@ -701,13 +762,18 @@ class FrameReplay:
     clipped r_t and whether the episode terminated after it. When an episode ends, one more row
     holds its final frame (no action), so truncated episodes bootstrap from their true last
     state. n-step returns stop at episode ends. Rows are staged on the host and copied to the
-    device in one transfer per field (`flush`); sampling has no host synchronisation."""
+    device in one transfer per field (`flush`); sampling has no host synchronisation.
+
+    With K environments (`num_streams`), every vector step writes one row per environment, so
+    row t*K + e is environment e's t-th row and an environment's next row is K rows on."""
 
     SAMPLE_TRIES = 4  # candidates per sample to skip final-frame rows (all 4 bad: ~(1/ep_len)^4)
 
     def __init__(self, capacity: int, frame_shape=(84, 84), stack: int = 4, n_step: int = 1, gamma: float = 0.99,
-                 device="cpu", stage_rows: int = 64):
+                 device="cpu", stage_rows: int = 64, num_streams: int = 1):
+        capacity -= capacity % num_streams  # whole vector steps
         self.capacity, self.stack, self.n_step, self.gamma = capacity, stack, n_step, gamma
+        self.streams = num_streams
         self.device = torch.device(device)
         dev = self.device
         self.frames = torch.zeros((capacity, *frame_shape), dtype=torch.uint8, device=dev)
@@ -719,11 +785,12 @@ class FrameReplay:
         self.fields = ("frames", "actions", "rewards", "terminated", "final", "ep_pos")
         # host staging, pinned so the copy to the GPU is asynchronous; written through numpy views
         pin = dev.type == "cuda"
+        stage_rows = max(stage_rows, num_streams) // num_streams * num_streams
         self.staged = {f: torch.zeros((stage_rows, *getattr(self, f).shape[1:]), dtype=getattr(self, f).dtype,
                                       pin_memory=pin) for f in self.fields}
         self.staged_np = {f: t.numpy() for f, t in self.staged.items()}
         self.num_staged, self.added = 0, 0  # rows staged on the host; rows written to the device
-        self.episode_step = 0
+        self.episode_step = np.zeros(num_streams, dtype=np.int64)  # rows so far in each stream's episode
         self.copy_done = torch.cuda.Event() if pin else None
         self.bounds = torch.zeros(2, dtype=torch.long, device=dev)  # [lo, hi] of sampleable row ids
 
@@ -732,29 +799,33 @@ class FrameReplay:
         """Rows ever added (staged ones included)."""
         return self.added + self.num_staged
 
-    def _stage(self, frame, action, reward, terminated, final):
-        if self.num_staged == len(self.staged["frames"]):
+    def add_rows(self, frames, actions, rewards, terminated, final) -> None:
+        """One vector step: a row per stream, (K, H, W) frames and (K,) arrays. A `final` row
+        holds the frame its stream's episode ended on (its action and reward are not used), and
+        that stream's next row starts an episode."""
+        k = self.streams
+        if self.num_staged + k > len(self.staged["frames"]):
             self.flush()
         if self.copy_done is not None and self.num_staged == 0:
             self.copy_done.synchronize()  # the last copy out of the staging area is over
-        i, st = self.num_staged, self.staged_np
-        st["frames"][i] = frame
-        st["actions"][i] = action
-        st["rewards"][i] = reward
-        st["terminated"][i] = terminated
-        st["final"][i] = final
-        st["ep_pos"][i] = self.episode_step
-        self.num_staged += 1
+        rows, st = slice(self.num_staged, self.num_staged + k), self.staged_np
+        final = np.asarray(final, dtype=bool)
+        st["frames"][rows] = frames
+        st["actions"][rows] = np.where(final, 0, actions)
+        st["rewards"][rows] = np.where(final, 0.0, rewards)
+        st["terminated"][rows] = np.asarray(terminated) & ~final
+        st["final"][rows] = final
+        st["ep_pos"][rows] = self.episode_step
+        self.episode_step = np.where(final, 0, self.episode_step + 1)
+        self.num_staged += k
 
     def add(self, frame, action: int, reward: float, terminated: bool) -> None:
-        """One agent step taken from a state whose newest frame is `frame`."""
-        self._stage(frame, action, reward, terminated, False)
-        self.episode_step += 1
+        """One agent step of a single stream, taken from a state whose newest frame is `frame`."""
+        self.add_rows(frame[None], [action], [reward], [terminated], [False])
 
     def add_final(self, frame) -> None:
-        """The frame the episode ended on (after its last step); the next `add` starts an episode."""
-        self._stage(frame, 0, 0.0, False, True)
-        self.episode_step = 0
+        """The frame a single stream's episode ended on (after its last step)."""
+        self.add_rows(frame[None], [0], [0.0], [False], [True])
 
     def flush(self) -> None:
         """Copy the staged rows to the device and update the sampling bounds."""
@@ -773,7 +844,8 @@ class FrameReplay:
     def _row_bounds(self) -> tuple[int, int]:
         """A row starts a transition when its n successors are written and no frame of its stack
         has been overwritten."""
-        return max(0, self.added - self.capacity + self.stack - 1), self.added - 1 - self.n_step
+        k = self.streams
+        return max(0, self.added - self.capacity + (self.stack - 1) * k), self.added - 1 - self.n_step * k
 
     def _set_bounds(self) -> None:
         lo, hi = self._row_bounds()
@@ -786,19 +858,19 @@ class FrameReplay:
 
     def sample_rows(self, batch_size: int) -> torch.Tensor:
         """Row ids (B,), uniform over the rows that start a transition."""
-        lo, hi = self.bounds[0], self.bounds[1]
+        lo, hi, k = self.bounds[0], self.bounds[1], self.streams
         u = torch.rand(batch_size, self.SAMPLE_TRIES, device=self.device, dtype=torch.float64)  # float32: 2^24 levels, uneven over 1M rows
         cand = lo + (u * (hi - lo + 1).to(u.dtype)).long().clamp_max(hi - lo)
         ok = ~self.final[cand % self.capacity]
         first_ok = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
         rows = cand.gather(1, first_ok).squeeze(1)
-        # all candidates final (~(1/episode length)^4): a neighbour of a final row is a step
-        return torch.where(ok.any(dim=1), rows, torch.where(rows > lo, rows - 1, rows + 1))
+        # all candidates final (~(1/episode length)^4): the stream's row before a final row is a step
+        return torch.where(ok.any(dim=1), rows, torch.where(rows - k >= lo, rows - k, rows + k))
 
     def stack_at(self, rows: torch.Tensor) -> torch.Tensor:
         """The frame stacks (B, stack, H, W) whose newest frame is row `rows` (oldest first)."""
         back = torch.arange(self.stack - 1, -1, -1, device=self.device)  # 3, 2, 1, 0
-        src = rows.unsqueeze(1) - back  # (B, stack)
+        src = rows.unsqueeze(1) - back * self.streams  # (B, stack)
         same_episode = self.ep_pos[rows % self.capacity].unsqueeze(1) >= back
         frames = self.frames[src % self.capacity]
         return frames * same_episode.view(*same_episode.shape, 1, 1).to(frames.dtype)
@@ -806,22 +878,21 @@ class FrameReplay:
     def gather(self, rows: torch.Tensor) -> dict:
         """Transitions starting at `rows`: obs, action, n-step return, discount, next_obs.
         `discount` is gamma^k for the k rewards summed, 0 when the episode terminated."""
-        n, cap = self.n_step, self.capacity
+        n, cap, k_rows = self.n_step, self.capacity, self.streams
         ahead = torch.arange(n, device=self.device)
-        nxt = (rows.unsqueeze(1) + ahead) % cap  # rows t .. t+n-1
-        ends = self.final[(rows.unsqueeze(1) + ahead + 1) % cap]  # row t+j+1 is a final frame
+        later = rows.unsqueeze(1) + ahead * k_rows  # the stream's rows t .. t+n-1
+        ends = self.final[(later + k_rows) % cap]  # row t+j+1 is a final frame
         used = torch.cat([torch.ones_like(ends[:, :1]), (~ends[:, :-1]).cumprod(dim=1).bool()], dim=1)
         discounts = self.gamma ** ahead.to(torch.float32)
-        ret = (self.rewards[nxt] * discounts * used).sum(dim=1)
+        ret = (self.rewards[later % cap] * discounts * used).sum(dim=1)
         k = used.sum(dim=1)  # rewards summed
-        last = rows + k - 1
-        done = self.terminated[last % cap]
+        done = self.terminated[(rows + (k - 1) * k_rows) % cap]
         return {
             "obs": self.stack_at(rows),
             "action": self.actions[rows % cap],
             "return": ret,
             "discount": (self.gamma ** k.to(torch.float32)) * (~done).to(torch.float32),
-            "next_obs": self.stack_at(rows + k),
+            "next_obs": self.stack_at(rows + k * k_rows),
             "rows": rows,
         }
 
@@ -832,16 +903,20 @@ class FrameReplay:
         self.flush()
         n = min(self.added, self.capacity)
         state = {f: getattr(self, f)[:n].cpu() for f in self.fields}
-        state.update(added=self.added, episode_step=self.episode_step, capacity=self.capacity)
+        state.update(added=self.added, episode_step=self.episode_step.copy(), capacity=self.capacity,
+                     streams=self.streams)
         return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity:
             fail(f"the checkpoint's replay holds {state['capacity']} transitions, not {self.capacity}: pass the run's --buffer-size")
+        if state.get("streams", 1) != self.streams:
+            fail(f"the checkpoint's replay has {state.get('streams', 1)} environment streams, not {self.streams}: pass the run's --num-envs")
         n = len(state["frames"])
         for f in self.fields:
             getattr(self, f)[:n].copy_(state[f])
-        self.num_staged, self.added, self.episode_step = 0, state["added"], state["episode_step"]
+        self.num_staged, self.added = 0, state["added"]
+        self.episode_step = np.broadcast_to(np.asarray(state["episode_step"], dtype=np.int64), (self.streams,)).copy()
         self._set_bounds()
 # ---- end block: replay ----
 
@@ -857,11 +932,11 @@ class PrioritizedFrameReplay(FrameReplay):
     like Dopamine's sum tree; rows that cannot start a transition weigh 0. No host sync."""
 
     def __init__(self, capacity: int, frame_shape=(84, 84), stack: int = 4, n_step: int = 1, gamma: float = 0.99,
-                 device="cpu", stage_rows: int = 64):
-        super().__init__(capacity, frame_shape, stack, n_step, gamma, device, stage_rows)
-        self.priorities = torch.zeros(capacity, dtype=torch.float32, device=self.device)
+                 device="cpu", stage_rows: int = 64, num_streams: int = 1):
+        super().__init__(capacity, frame_shape, stack, n_step, gamma, device, stage_rows, num_streams)
+        self.priorities = torch.zeros(self.capacity, dtype=torch.float32, device=self.device)
         self.max_priority = torch.ones((), dtype=torch.float32, device=self.device)
-        self.positions = torch.arange(capacity, device=self.device)
+        self.positions = torch.arange(self.capacity, device=self.device)
 
     def flush(self) -> None:
         k, start = self.num_staged, self.added
@@ -872,7 +947,7 @@ class PrioritizedFrameReplay(FrameReplay):
 
     def row_of_position(self, pos: torch.Tensor) -> torch.Tensor:
         """The row id stored at buffer position `pos` (the newest row written there)."""
-        newest = self.bounds[1] + self.n_step  # = rows written - 1 once sampling is possible
+        newest = self.bounds[1] + self.n_step * self.streams  # = rows written - 1 once sampling is possible
         return newest - (newest - pos) % self.capacity
 
     def sample_rows(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1291,7 +1366,7 @@ def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameRepl
 
 
 def make_act_step(args: Args, q_net, act_input: torch.Tensor) -> CapturedStep:
-    """The greedy action for the frame stack held in `act_input` (1, 4, 84, 84), noise on."""
+    """The greedy actions for the frame stacks held in `act_input` (K, 4, 84, 84), noise on."""
 
     @torch.no_grad()
     def greedy_action():

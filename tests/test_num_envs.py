@@ -1,0 +1,209 @@
+"""--num-envs K: K environments stepped together (AtariEnvs), a replay of K interleaved streams
+(FrameReplay's num_streams), and the DQN and Rainbow agents running them."""
+
+import numpy as np
+import pytest
+import torch
+
+import dqn_moe_atari as dqn
+from agent_runs import assert_one_line_error, checkpoint, kill_after_first_checkpoint, only_run_dir, records
+from agent_runs import run as run_script
+
+GAMMA = 0.9
+
+
+# ---- the environments ----------------------------------------------------------------------
+def roll(envs, actions):
+    """Step every environment with its column of `actions`; return all that came back."""
+    out = [(envs.reset(seed=3).copy(), np.zeros(envs.num_envs), np.zeros(envs.num_envs, bool), np.zeros(envs.num_envs, bool))]
+    for a in actions:
+        envs.send(a[: envs.num_envs])
+        out.append(tuple(x.copy() for x in envs.recv()))
+    return out
+
+
+def test_vector_env_gives_the_single_envs_frames_and_restarts():
+    """Without sticky actions the game is deterministic: ale-py's vector env (K = 3) gives every
+    environment the frames, rewards and episode ends of the gymnasium env `make_env` builds (K =
+    1), pixel for pixel, and both restart an environment one call after its episode ended, with
+    no reward for that call. Episodes are cut at 160 frames (40 agent steps) to see restarts."""
+    actions = np.random.default_rng(0).integers(4, size=(95, 3))
+    actions[:, 1] = actions[:, 0]  # environment 1 plays like environment 0
+    one = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 160)
+    three = dqn.AtariEnvs("ALE/Breakout-v5", 3, 0, False, 160)
+    single, vector = roll(one, actions), roll(three, actions)
+    for t, ((f1, r1, te1, tr1), (f3, r3, te3, tr3)) in enumerate(zip(single, vector)):
+        assert np.array_equal(f1[0], f3[0]) and np.array_equal(f3[0], f3[1]), t
+        assert (r1[0], te1[0], tr1[0]) == (r3[0], te3[0], tr3[0]), t
+    ends = [t for t, (_, _, te, tr) in enumerate(single) if te[0] or tr[0]]
+    assert ends[:2] == [40, 81]  # 40 steps, then a restart call, then 40 steps
+    first_frame = single[0][0][0]
+    assert np.array_equal(single[41][0][0], first_frame) and single[41][1][0] == 0
+    assert any(not np.array_equal(f[0], f[2]) for f, *_ in vector)  # environment 2 played other actions
+    one.close()
+    three.close()
+
+
+def test_single_env_state_restores_the_emulator():
+    envs = dqn.AtariEnvs("ALE/Pong-v5", 1, 0, True, 108_000)
+    envs.reset(seed=1)
+    for a in range(20):
+        envs.send(np.array([a % 6]))
+        envs.recv()
+    state = envs.state()
+    later = []
+    for restore in (False, True):
+        if restore:
+            envs.set_state(state)
+        envs.send(np.array([2]))
+        later.append(envs.recv()[0].copy())
+        envs.send(np.array([3]))
+        later.append(envs.recv()[0].copy())
+    assert np.array_equal(later[0], later[2]) and np.array_equal(later[1], later[3])
+    assert dqn.AtariEnvs("ALE/Pong-v5", 2, 0, True, 108_000).state() is None
+
+
+# ---- the replay ------------------------------------------------------------------------------
+def random_streams(k, vector_steps, seed):
+    """K streams of rows as the agents write them: step rows, and a final row on the call after
+    an episode ends. Frames are 2x2 and carry a stream-local id, so stacks can be compared."""
+    rng = np.random.default_rng(seed)
+    rows = []  # per vector step: (frames, actions, rewards, terminated, final)
+    ended = np.zeros(k, bool)
+    count = np.zeros(k, np.int64)
+    for _ in range(vector_steps):
+        final = ended.copy()
+        frames = np.stack([np.full((2, 2), (count[e] % 250) + 1, np.uint8) for e in range(k)])
+        actions, rewards = rng.integers(5, size=k), rng.integers(-3, 4, size=k).astype(float)
+        terminated = ~final & (rng.random(k) < 0.08)
+        truncated = ~final & ~terminated & (rng.random(k) < 0.04)
+        rows.append((frames, actions, rewards, terminated, final))
+        ended = terminated | truncated
+        count += 1
+    return rows
+
+
+@pytest.mark.parametrize("k, capacity, n", [(3, 60, 3), (4, 400, 5), (2, 1000, 1)])
+def test_k_streams_hold_the_transitions_of_k_single_replays(k, capacity, n):
+    """Every transition of a K-stream replay (row t*K + e) equals the one that stream's own
+    single-stream replay gives at row t: stacks, action, n-step return, discount and next
+    stack, across episode ends and the circular buffer's wrap-around; and the rows that can be
+    sampled are the same."""
+    steps = 90
+    multi = dqn.FrameReplay(capacity, (2, 2), 4, n, GAMMA, stage_rows=7, num_streams=k)
+    singles = [dqn.FrameReplay(capacity // k, (2, 2), 4, n, GAMMA, stage_rows=5) for _ in range(k)]
+    for frames, actions, rewards, terminated, final in random_streams(k, steps, seed=k):
+        multi.add_rows(frames, actions, rewards, terminated, final)
+        for e, single in enumerate(singles):
+            if final[e]:
+                single.add_final(frames[e])
+            else:
+                single.add(frames[e], int(actions[e]), float(rewards[e]), bool(terminated[e]))
+    multi.flush()
+    for single in singles:
+        single.flush()
+    lo, hi = multi._row_bounds()
+    assert multi.can_sample() and hi - lo + 1 <= capacity
+    for e, single in enumerate(singles):
+        slo, shi = single._row_bounds()
+        rows_multi = [r for r in range(lo, hi + 1) if r % k == e]
+        assert [r // k for r in rows_multi] == list(range(slo, shi + 1))
+        keep = [i for i, r in enumerate(rows_multi) if not single.final[(r // k) % single.capacity]]
+        a = multi.gather(torch.tensor(rows_multi)[keep])
+        b = single.gather(torch.tensor([r // k for r in rows_multi])[keep])
+        for key in ("obs", "action", "return", "discount", "next_obs"):
+            assert torch.equal(a[key], b[key]), (e, key)
+
+
+def test_k_stream_sampling_never_returns_final_rows_and_round_trips():
+    k = 4
+    replay = dqn.FrameReplay(200, (2, 2), 4, 3, GAMMA, num_streams=k)
+    for row in random_streams(k, 120, seed=1):
+        replay.add_rows(*row)
+    replay.flush()
+    torch.manual_seed(0)
+    rows = replay.sample_rows(4000)
+    lo, hi = replay._row_bounds()
+    assert not replay.final[rows % replay.capacity].any() and rows.min() >= lo and rows.max() <= hi
+    assert len(set((rows % k).tolist())) == k  # every stream is drawn
+    copy = dqn.FrameReplay(200, (2, 2), 4, 3, GAMMA, num_streams=k)
+    copy.load_state_dict(replay.state_dict())
+    assert np.array_equal(copy.episode_step, replay.episode_step) and copy.added == replay.added
+    with pytest.raises(SystemExit, match="--num-envs"):
+        dqn.FrameReplay(200, (2, 2), 4, 3, GAMMA, num_streams=2).load_state_dict(replay.state_dict())
+
+
+def test_k_stream_prioritized_sampling_follows_the_priorities():
+    """Rainbow's prioritised replay over 4 streams draws only rows that start a transition, in
+    proportion to their priority (here: only the rows of stream 2 have any)."""
+    import rainbow_moe_atari as rainbow
+
+    k = 4
+    replay = rainbow.PrioritizedFrameReplay(203, (2, 2), 4, 3, GAMMA, num_streams=k)
+    assert replay.capacity == 200 and len(replay.priorities) == 200
+    for row in random_streams(k, 130, seed=2):
+        replay.add_rows(*row)
+    replay.flush()
+    lo, hi = replay._row_bounds()
+    ids = torch.arange(lo, hi + 1)
+    replay.update_priorities(ids, torch.where(ids % k == 2, 1.0, 0.0))
+    torch.manual_seed(0)
+    rows, priority = replay.sample_rows(2000)
+    assert (rows % k == 2).all() and (priority == 1).all()
+    assert not replay.final[rows % replay.capacity].any() and rows.min() >= lo and rows.max() <= hi
+
+
+# ---- the agents ------------------------------------------------------------------------------
+TINY = ["--env-id", "Pong", "--impala-channels", "4", "8", "8", "--expert-hidden", "16", "--num-experts", "4",
+        "--batch-size", "8", "--buffer-size", "2000", "--min-replay-history", "100", "--iteration-steps", "200",
+        "--target-update-period", "40", "--log-every", "100", "--device", "cpu", "--max-episode-frames", "400"]
+RAINBOW_TINY = [*TINY, "--num-atoms", "11"]
+
+
+def adam_steps(ckpt):
+    """Gradient updates so far: Adam's step count."""
+    return int(next(iter(ckpt["optimizer"]["state"].values()))["step"])
+
+
+@pytest.mark.parametrize("script, flags", [("dqn_moe_atari.py", TINY), ("rainbow_moe_atari.py", RAINBOW_TINY)])
+def test_k_envs_keep_the_updates_per_agent_step(tmp_path, script, flags):
+    """With 4 environments a run makes the updates and the iterations of a one-environment run
+    of the same length: an update every --update-period agent steps after
+    --min-replay-history, an iteration every --iteration-steps; the replay holds a row per
+    environment per vector step, and a final row for each episode (cut at 100 agent steps)."""
+    counts = {}
+    for k in (1, 4):
+        runs = tmp_path / f"k{k}"
+        proc = run_script(script, [*flags, "--total-frames", "2400", "--num-envs", str(k)], runs)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_dir = only_run_dir(runs)
+        ckpt, recs = checkpoint(run_dir), records(run_dir)
+        counts[k] = adam_steps(ckpt)
+        assert [r["step"] for r in recs[:-1]] == [200, 400, 600] and recs[-1]["step"] == 600
+        episodes = sum(r["episodes"] for r in recs[:-1])
+        if k == 4:
+            assert ckpt["replay"]["added"] % 4 == 0 and ckpt["replay"]["streams"] == 4
+            assert ckpt["replay"]["added"] == 600 + int(ckpt["replay"]["final"].sum())
+            assert episodes == 4  # each environment: 100 steps, a restart, 50 steps
+    assert counts[1] == counts[4] == len(range(100, 600, 4))
+
+
+def test_k_envs_resume_after_sigkill(tmp_path):
+    """A killed 4-environment run resumes from its checkpoint: the episodes in progress end as
+    truncated ones (the vector env cannot save its emulators), every iteration is recorded
+    once, and the updates are those of an uninterrupted run."""
+    flags = [*TINY, "--total-frames", "3200", "--num-envs", "4", "--checkpoint-every", "100"]
+    killed = kill_after_first_checkpoint("dqn_moe_atari.py", flags, tmp_path / "killed", latest_step=700)
+    before = checkpoint(killed)["loop"]["step"]
+    resumed = run_script("dqn_moe_atari.py", [*flags, "--resume", killed], tmp_path / "unused")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    recs = records(killed)
+    assert [r["iteration"] for r in recs[:-1]] == [0, 1, 2, 3] and recs[-1]["step"] == 800
+    ckpt = checkpoint(killed)
+    assert adam_steps(ckpt) == len(range(100, 800, 4)) and ckpt["loop"]["step"] == 800 > before
+
+
+@pytest.mark.parametrize("flags, needle", [(["--num-envs", "0"], "--num-envs"),
+                                           (["--num-envs", "2", "--capture-video"], "--capture-video")])
+def test_bad_num_envs(tmp_path, flags, needle):
+    assert_one_line_error(run_script("dqn_moe_atari.py", [*TINY, *flags], tmp_path), needle)

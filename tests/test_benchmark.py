@@ -30,3 +30,18 @@ def test_bench_atari100k_quick(tmp_path):
     (total,) = [r for r in rows if r["part"] == "throughput"]
     assert len(runs) == 2 and all(r["seconds"] > 0 and r["score"] is not None and r["train_sps_median"] > 0 for r in runs)
     assert total["parallel"] == 2 and total["runs_per_hour"] > 0
+
+
+def test_perf_quick(tmp_path):
+    """perf.py's three parts on the CPU: latency, a 2-environment training segment, two seeds at once."""
+    out = tmp_path / "perf.json"
+    proc = subprocess.run([sys.executable, "benchmark/perf.py", "--quick", "--agents", "dqn", "--configs", "softmoe8",
+                           "--train-modes", "eager", "--num-envs", "2", "--seeds-at-once", "2", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (latency,), (training,), (seeds,) = result["latency"], result["training"], result["seeds"]
+    assert latency["update_ms_median"] > 0 and latency["mode"] == "eager"
+    assert training["num_envs"] == 2 and training["train_sps"] > 0 and training["updates_per_s"] == training["train_sps"] / 4
+    assert seeds["seeds_at_once"] == 2 and len(seeds["sps_per_run"]) == 2 and seeds["sps_total"] == sum(seeds["sps_per_run"])
+    assert "| 2 | 1 |" in proc.stdout  # the seeds table

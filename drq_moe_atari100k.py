@@ -811,12 +811,16 @@ class FrameReplay:
         rows, st = slice(self.num_staged, self.num_staged + k), self.staged_np
         final = np.asarray(final, dtype=bool)
         st["frames"][rows] = frames
-        st["actions"][rows] = np.where(final, 0, actions)
-        st["rewards"][rows] = np.where(final, 0.0, rewards)
-        st["terminated"][rows] = np.asarray(terminated) & ~final
+        st["actions"][rows] = actions
+        st["rewards"][rows] = rewards
+        st["terminated"][rows] = terminated
         st["final"][rows] = final
         st["ep_pos"][rows] = self.episode_step
-        self.episode_step = np.where(final, 0, self.episode_step + 1)
+        self.episode_step += 1
+        if final.any():
+            ends = self.num_staged + np.flatnonzero(final)
+            st["actions"][ends], st["rewards"][ends], st["terminated"][ends] = 0, 0.0, False
+            self.episode_step[final] = 0
         self.num_staged += k
 
     def add(self, frame, action: int, reward: float, terminated: bool) -> None:

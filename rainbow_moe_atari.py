@@ -1507,11 +1507,13 @@ def main(args: Args) -> str:
     def choose_actions(epsilon: float) -> np.ndarray:
         """Epsilon-greedy for every environment, the greedy actions in one batched forward pass."""
         explore = explore_rng.random(K) < epsilon
-        actions = explore_rng.integers(num_actions, size=K)
-        if not explore.all():
-            act_host.copy_(torch.from_numpy(obs_stacks))
-            act_input.copy_(act_host, non_blocking=True)
-            actions = np.where(explore, actions, act_step().cpu().numpy())
+        if explore.all():
+            return explore_rng.integers(num_actions, size=K)
+        act_host.copy_(torch.from_numpy(obs_stacks))
+        act_input.copy_(act_host, non_blocking=True)
+        actions = act_step().cpu().numpy()
+        if explore.any():
+            actions[explore] = explore_rng.integers(num_actions, size=int(explore.sum()))
         return actions
 
     def learn(first: int, last: int) -> None:
@@ -1545,13 +1547,15 @@ def main(args: Args) -> str:
             learn(step, step + steps_now)
         frames, rewards, terminated, truncated = envs.recv()
         # a restarting environment's row holds the frame its episode ended on (FrameReplay)
-        replay.add_rows(obs_stacks[:, -1], actions, np.clip(rewards, -1.0, 1.0), terminated, restarting)
+        replay.add_rows(obs_stacks[:, -1], actions, np.minimum(np.maximum(rewards, -1.0), 1.0), terminated, restarting)
         obs_stacks[:, :-1] = obs_stacks[:, 1:]
         obs_stacks[:, -1] = frames
-        obs_stacks[restarting, :-1] = 0
         episode_returns += rewards
-        episode_lengths += ~restarting
-        for e in np.flatnonzero(terminated | truncated):
+        episode_lengths += 1
+        if steps_now < K:
+            obs_stacks[restarting, :-1] = 0
+            episode_lengths[restarting] = 0
+        for e in np.flatnonzero(envs.ended) if envs.ended.any() else ():
             iteration_returns.append(float(episode_returns[e]))
             recent_returns.append(float(episode_returns[e]))
             logger.scalars({"episodic_return": float(episode_returns[e]), "episodic_length": int(episode_lengths[e])},

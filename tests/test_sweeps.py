@@ -134,3 +134,25 @@ def test_a_sweep_runs_through_the_launcher(tmp_path):
     assert out.returncode == 0, out.stderr
     for name in ("drq_none_100k", "drq_soft_e2_100k", "drq_top1_e2_100k"):
         assert name in out.stdout
+
+
+def test_num_envs_check_compares_only_the_number_of_environments(tmp_path):
+    """benchmark/check_num_envs.sh: each agent with 1 and 16 environments, otherwise the same
+    flags, on every game with every seed; every command parses and passes the agent's checks."""
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "check_num_envs.sh"), "--dry-run"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "RUNS_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines() if line.startswith("python")]
+    assert len(commands) == 2 * 2 * 4 * 3  # agents x K x games x seeds
+    without_k = collections.defaultdict(set)
+    for tokens in commands:
+        k = flag(tokens, "--num-envs")
+        rest = [t for i, t in enumerate(tokens) if t != "--num-envs" and tokens[i - 1] != "--num-envs"
+                and t != "--exp-name" and tokens[i - 1] != "--exp-name"]
+        without_k[tuple(rest)].add(k)
+        module = load_agent(tokens[1])
+        args = tyro.cli(module.Args, args=tokens[2:])
+        module.validate_args(args)
+        assert args.num_envs == int(k) and flag(tokens, "--exp-name").endswith(f"_k{k}")
+    assert all(ks == {"1", "16"} for ks in without_k.values())
+    assert not os.listdir(tmp_path), "a dry run starts nothing"

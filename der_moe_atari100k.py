@@ -230,14 +230,24 @@ def get_env_state(env) -> dict:
 def set_env_state(env, state: dict) -> None:
     env.unwrapped.ale.restoreState(state["ale"])
 
+
+def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int, num_threads: int):
+    """`num_envs` environments in ale-py's threaded C++ vector env with `make_env`'s protocol and
+    frames (pixel for pixel: tests/test_num_envs.py): single frames, no no-op or fire resets,
+    unclipped rewards, no life-loss terminals."""
+    return AtariVectorEnv(gym.spec(env_id).kwargs["game"], num_envs,
+                          repeat_action_probability=0.25 if sticky_actions else 0.0,
+                          max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=0, use_fire_reset=False,
+                          reward_clipping=False, episodic_life=False, num_threads=num_threads)
+
+
 class AtariEnvs:
     """K Atari environments stepped together with `make_env`'s protocol: `send` the actions,
     do other work, `recv` the (K, 84, 84) frames, rewards, terminations and truncations. An
     environment whose episode ended starts the next one at its following call, which ignores
     its action and is not an agent step (ale-py's NEXT_STEP autoreset). K = 1 is a gymnasium env
     whose emulator state a checkpoint saves (exact resume); K > 1 is ale-py's threaded C++ vector
-    env, stepping while the learner works, with the same frames pixel for pixel
-    (tests/test_num_envs.py) but no emulator state to save."""
+    env (`make_vector_env`), stepping while the learner works, with no emulator state to save."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, sticky_actions: bool, max_episode_frames: int,
                  video_dir: Optional[str] = None):
@@ -246,10 +256,7 @@ class AtariEnvs:
             self.env = make_env(env_id, seed, sticky_actions, max_episode_frames, video_dir)
             self.num_actions = int(self.env.action_space.n)
         else:
-            self.env = AtariVectorEnv(
-                gym.spec(env_id).kwargs["game"], num_envs, repeat_action_probability=0.25 if sticky_actions else 0.0,
-                max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=0, use_fire_reset=False,
-                reward_clipping=False, episodic_life=False, num_threads=min(num_envs, os.cpu_count() or 1))
+            self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, min(num_envs, os.cpu_count() or 1))
             self.num_actions = int(self.env.single_action_space.n)
         self.ended = np.zeros(num_envs, dtype=bool)  # the last step ended the episode: the next call restarts
         self.action = 0
@@ -1471,15 +1478,13 @@ def set_eval_noise(q_net: nn.Module, expert_noise: bool) -> None:
 
 def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
              rng: np.random.Generator) -> list[float]:
-    """`args.eval_episodes` episodes at once, one per environment of ale-py's threaded vector env
-    (same preprocessing as `make_env`, byte for byte), with epsilon `args.eval_epsilon`, random
-    no-op starts, and a fresh frame stack after a lost life when --terminal-on-life-loss. An
-    episode ends at game over or after --max-episode-frames. Returns the unclipped returns."""
+    """`args.eval_episodes` episodes at once, one per environment of `make_vector_env`, with
+    epsilon `args.eval_epsilon`, random no-op starts, and a fresh frame stack after a lost life
+    when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
+    Returns the unclipped returns."""
     n = args.eval_episodes
-    envs = AtariVectorEnv(gym.spec(env_id).kwargs["game"], n, repeat_action_probability=0.25 if args.sticky_actions else 0.0,
-                          max_num_frames_per_episode=args.max_episode_frames, stack_num=1, noop_max=0,
-                          use_fire_reset=False, reward_clipping=False, episodic_life=False,
-                          num_threads=torch.get_num_threads())  # OMP_NUM_THREADS bounds the emulators too
+    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames,
+                           num_threads=torch.get_num_threads())  # OMP_NUM_THREADS bounds the emulators too
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
     stacks[:, -1] = obs[:, -1]

@@ -212,14 +212,24 @@ def get_env_state(env) -> dict:
 def set_env_state(env, state: dict) -> None:
     env.unwrapped.ale.restoreState(state["ale"])
 
+
+def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int, num_threads: int):
+    """`num_envs` environments in ale-py's threaded C++ vector env with `make_env`'s protocol and
+    frames (pixel for pixel: tests/test_num_envs.py): single frames, no no-op or fire resets,
+    unclipped rewards, no life-loss terminals."""
+    return AtariVectorEnv(gym.spec(env_id).kwargs["game"], num_envs,
+                          repeat_action_probability=0.25 if sticky_actions else 0.0,
+                          max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=0, use_fire_reset=False,
+                          reward_clipping=False, episodic_life=False, num_threads=num_threads)
+
+
 class AtariEnvs:
     """K Atari environments stepped together with `make_env`'s protocol: `send` the actions,
     do other work, `recv` the (K, 84, 84) frames, rewards, terminations and truncations. An
     environment whose episode ended starts the next one at its following call, which ignores
     its action and is not an agent step (ale-py's NEXT_STEP autoreset). K = 1 is a gymnasium env
     whose emulator state a checkpoint saves (exact resume); K > 1 is ale-py's threaded C++ vector
-    env, stepping while the learner works, with the same frames pixel for pixel
-    (tests/test_num_envs.py) but no emulator state to save."""
+    env (`make_vector_env`), stepping while the learner works, with no emulator state to save."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, sticky_actions: bool, max_episode_frames: int,
                  video_dir: Optional[str] = None):
@@ -228,10 +238,7 @@ class AtariEnvs:
             self.env = make_env(env_id, seed, sticky_actions, max_episode_frames, video_dir)
             self.num_actions = int(self.env.action_space.n)
         else:
-            self.env = AtariVectorEnv(
-                gym.spec(env_id).kwargs["game"], num_envs, repeat_action_probability=0.25 if sticky_actions else 0.0,
-                max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=0, use_fire_reset=False,
-                reward_clipping=False, episodic_life=False, num_threads=min(num_envs, os.cpu_count() or 1))
+            self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, min(num_envs, os.cpu_count() or 1))
             self.num_actions = int(self.env.single_action_space.n)
         self.ended = np.zeros(num_envs, dtype=bool)  # the last step ended the episode: the next call restarts
         self.action = 0
@@ -1547,15 +1554,13 @@ def main(args: Args) -> str:
             learn(step, step + steps_now)
         frames, rewards, terminated, truncated = envs.recv()
         # a restarting environment's row holds the frame its episode ended on (FrameReplay)
-        replay.add_rows(obs_stacks[:, -1], actions, np.minimum(np.maximum(rewards, -1.0), 1.0), terminated, restarting)
+        replay.add_rows(obs_stacks[:, -1], actions, np.clip(rewards, -1.0, 1.0), terminated, restarting)
         obs_stacks[:, :-1] = obs_stacks[:, 1:]
         obs_stacks[:, -1] = frames
+        obs_stacks[restarting, :-1] = 0
         episode_returns += rewards
-        episode_lengths += 1
-        if steps_now < K:
-            obs_stacks[restarting, :-1] = 0
-            episode_lengths[restarting] = 0
-        for e in np.flatnonzero(envs.ended) if envs.ended.any() else ():
+        episode_lengths += ~restarting
+        for e in np.flatnonzero(terminated | truncated):
             iteration_returns.append(float(episode_returns[e]))
             recent_returns.append(float(episode_returns[e]))
             logger.scalars({"episodic_return": float(episode_returns[e]), "episodic_length": int(episode_lengths[e])},

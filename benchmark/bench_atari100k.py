@@ -30,9 +30,9 @@ QUICK = ["--encoder", "impala", "--impala-channels", "4", "8", "8", "--expert-hi
          "--device", "cpu"]
 
 
-def launch(agent: str, flags: list[str], runs_dir: str, threads: int) -> tuple[subprocess.Popen, float]:
-    """One run as a process with `threads` CPU threads (torch and the evaluation's emulators)."""
-    cmd = [sys.executable, os.path.join(ROOT, SCRIPTS[agent]), *flags, "--runs-dir", runs_dir]
+def launch(script: str, flags: list[str], runs_dir: str, threads: int) -> tuple[subprocess.Popen, float]:
+    """One run of an agent file as a process with `threads` CPU threads (torch and the emulators)."""
+    cmd = [sys.executable, os.path.join(ROOT, script), *flags, "--runs-dir", runs_dir]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), time.time()
 
@@ -59,7 +59,7 @@ def run_group(specs: list[tuple[str, list[str]]]) -> list[dict]:
         for i, (agent, flags) in enumerate(specs):
             runs_dir = os.path.join(tmp, str(i))
             os.makedirs(runs_dir)
-            started.append((*launch(agent, flags, runs_dir, threads), runs_dir))
+            started.append((*launch(SCRIPTS[agent], flags, runs_dir, threads), runs_dir))
         return [finish(p, t, d) for p, t, d in started]
 
 

@@ -20,7 +20,6 @@ import gc
 import importlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_atari import AGENTS, CONFIGS, training_sps, update_and_act_latency  # noqa: E402
+from bench_atari100k import launch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {"eager": dict(), "captured": dict(cudagraphs=True, compile=True, torch_deterministic=False)}
@@ -57,8 +57,8 @@ def training_row(agent, args, steps: int, device) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     sps = training_sps(agent, args, steps)
-    period = args.update_period if args.replay_ratio is None else 1 / args.replay_ratio
-    row = {"train_sps": sps, "updates_per_s": sps / period}
+    period, updates_per_period = agent.updates_schedule(args)
+    row = {"train_sps": sps, "updates_per_s": sps * updates_per_period / period}
     if device.type == "cuda":
         row["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return row
@@ -70,12 +70,8 @@ def seeds_at_once(script: str, base: dict, k: int, steps: int, threads: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         run = {**base, "total_frames": 4 * 3 * steps, "min_replay_history": steps, "iteration_steps": steps,
                "epsilon_decay_steps": 1, "log_every": 10**9}
-        procs = []
-        for seed in range(1, k + 1):
-            cmd = [sys.executable, os.path.join(ROOT, script), *flags_of({**run, "seed": seed}), "--runs-dir", f"{tmp}/{seed}"]
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         started = time.time()
+        procs = [launch(script, flags_of({**run, "seed": seed}), f"{tmp}/{seed}", threads)[0] for seed in range(1, k + 1)]
         sps = []
         for seed, proc in enumerate(procs, start=1):
             out, _ = proc.communicate()

@@ -1,85 +1,174 @@
-"""Where the time of one DQN update goes on the GPU: the update latency (captured in a CUDA graph)
-under cudnn settings, memory formats and bf16 autocast, and the top kernels of one variant.
+"""Where the time of one update goes on the GPU, kernel by kernel, and what each candidate
+change to the fast path (`--compile --cudagraphs --no-torch-deterministic`, channels-last) buys.
 
-    python benchmark/profile_update.py --out benchmark/results/dqn_update_profile.json
+For every agent it builds the agent's own update (`make_update_step`, a replay of random frames,
+batch 32) and times it, captured in a CUDA graph, under each variant:
+
+    fast           the agents' fast path as it is
+    graph_only     CUDA graph without torch.compile (for reference)
+    bf16           + bf16 autocast around the whole update (changes the numerics)
+    limit0         + cudnn autotuning over every algorithm (`cudnn.benchmark_limit = 0`, default 10)
+    fused_adam     + Adam(fused=True) instead of the capturable for-each Adam
+    max_autotune   + torch.compile(mode="max-autotune-no-cudagraphs"): Triton conv/matmul templates
+
+Then it profiles graph replays of the fast path and sums the GPU time of each kernel per
+update, grouped by kind (convolution forward, data and weight gradients, pooling, fused Triton
+elementwise and reductions, matmuls, optimiser, copies). Prints everything and writes JSON.
+
+    python benchmark/profile_update.py --agents dqn,rainbow,der --out benchmark/results/update_profile.json
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
+import importlib
 import json
 import os
+import re
 import statistics
 import sys
+import time
+import traceback
+from collections import defaultdict
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import dqn_moe_atari as dqn  # noqa: E402
-from bench_atari import CONFIGS, filled_replay, timed  # noqa: E402
+from bench_atari import filled_replay, timed  # noqa: E402
 
-VARIANTS = {
-    "deterministic": dict(deterministic=True),
-    "cudnn_benchmark": dict(deterministic=False),
-    "channels_last": dict(deterministic=False, channels_last=True),
-    "channels_last_bf16": dict(deterministic=False, channels_last=True, bf16=True),
+AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, the paper's Soft MoE-4 for DER)
+    "dqn": ("dqn_moe_atari", dict(moe="soft", num_experts=8)),
+    "rainbow": ("rainbow_moe_atari", dict(moe="soft", num_experts=8)),
+    "der": ("der_moe_atari100k", dict(moe="soft", num_experts=4)),
+    "drq": ("drq_moe_atari100k", dict(moe="soft", num_experts=4)),
 }
+VARIANTS = ("fast", "graph_only", "bf16", "limit0", "fused_adam", "max_autotune")
+KINDS = [  # (kind, pattern on the kernel name), first match wins
+    ("conv weight grad", r"wgrad|dgrad2d_weight|wgrad_alg|conv2d_grouped_direct_filter|filter"),
+    ("conv data grad", r"dgrad"),
+    ("conv forward", r"fprop|implicit_gemm|conv|xmma|cutlass|cudnn"),
+    ("pooling", r"pool"),
+    ("matmul", r"gemm|sm90|sm80|ampere|cublas|bmm|mm_"),
+    ("optimiser", r"adam|multi_tensor|foreach"),
+    ("copy / layout", r"copy|memcpy|memset|nchw|nhwc|transpose"),
+    ("triton fused", r"triton"),
+    ("other aten", r"."),
+]
 
 
-def build(config: str, variant: dict, device):
-    torch.backends.cudnn.deterministic = variant["deterministic"]
-    torch.backends.cudnn.benchmark = not variant["deterministic"]
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    args = dqn.Args(env_id="Pong", buffer_size=100_000, device=str(device), cudagraphs=True, **CONFIGS[config])
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next(kind for kind, pattern in KINDS if re.search(pattern, low))
+
+
+def build_update(agent, args, variant: str, device):
+    """The agent's update as the training loop builds it, with the variant's change."""
     torch.manual_seed(0)
-    fmt = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
-    q_net = dqn.QNetwork(args, 6).to(device, memory_format=fmt)
-    target = dqn.QNetwork(args, 6).to(device, memory_format=fmt).requires_grad_(False)
-    opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, capturable=True)
-    replay = filled_replay(dqn, args, device, rows=20_000)
-    cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if variant.get("bf16") else contextlib.nullcontext
+    agent.configure_backends(device, args.torch_deterministic)
+    torch.backends.cudnn.benchmark_limit = 0 if variant == "limit0" else 10
+    network = getattr(agent, "RainbowNetwork", None) or agent.QNetwork
+    q_net = network(args, 6).to(device, memory_format=agent.memory_format(device))
+    target = network(args, 6).to(device, memory_format=agent.memory_format(device)).requires_grad_(False)
+    adam = dict(fused=True) if variant == "fused_adam" else dict(capturable=True)
+    opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, **adam)
+    replay = filled_replay(agent, args, device, rows=20_000)
+    extra = {"augment": agent.drq_augment} if getattr(args, "data_augmentation", False) else {}
+    plain = dataclasses.replace(args, compile=False, cudagraphs=False)
+    fn = agent.make_update_step(plain, q_net, target, opt, replay, **extra).fn  # the raw update function
+    if variant == "bf16":
+        raw = fn
 
-    def update():
-        with cast():
-            batch = replay.sample(args.batch_size)
-            total, loss = dqn.td_loss(args, q_net, batch, dqn.td_target(target, batch))
-        opt.zero_grad(set_to_none=False)
-        total.backward()
-        opt.step()
-        return loss.detach()
+        def fn():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return raw()
+    if variant != "graph_only":
+        mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
+        fn = torch.compile(fn, mode=mode)
+    return agent.CapturedStep(fn, enabled=True)
 
-    return update
+
+def gpu_times(fn, calls: int) -> dict:
+    """{kernel name: [us per call, launches]} over `calls` calls of fn."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    per_kernel = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time > 0:
+            entry = per_kernel[event.name]
+            entry[0] += event.device_time / calls  # us
+            entry[1] += 1
+    return per_kernel
+
+
+def kernel_table(step, device, calls: int) -> dict:
+    """GPU time per update of every kernel in `calls` graph replays (or calls of the compiled
+    function where the profiler does not see inside graphs), and the totals by kind."""
+    per_kernel, source = gpu_times(step, calls), "graph replays"
+    if len(per_kernel) < 5:
+        per_kernel, source = gpu_times(step.fn, calls), "compiled function"
+    kernels = sorted(({"name": n, "kind": kind_of(n), "us_per_update": round(t, 2), "launches_per_update": c / calls}
+                      for n, (t, c) in per_kernel.items()), key=lambda k: -k["us_per_update"])
+    by_kind = defaultdict(lambda: [0.0, 0.0])
+    for k in kernels:
+        by_kind[k["kind"]][0] += k["us_per_update"]
+        by_kind[k["kind"]][1] += k["launches_per_update"]
+    return {"source": source, "kernels": kernels,
+            "by_kind": {kind: {"us": round(us, 1), "kernels": n} for kind, (us, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0])},
+            "kernel_us_total": round(sum(k["us_per_update"] for k in kernels), 1),
+            "kernels_per_update": sum(k["launches_per_update"] for k in kernels)}
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="benchmark/results/dqn_update_profile.json")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", default="dqn,rainbow,der")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--profile-calls", type=int, default=20)
+    parser.add_argument("--impala-channels", default=None, help="e.g. 32,64,64 (the paper's); default: the agent's")
+    parser.add_argument("--out", default="benchmark/results/update_profile.json")
     opts = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("profile_update.py needs a CUDA device")
     device = torch.device("cuda")
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "latency_ms": {}, "top_kernels": {}}
-    for config in CONFIGS:
-        for name, variant in VARIANTS.items():
-            step = dqn.CapturedStep(build(config, variant, device), enabled=True)
-            for _ in range(10):
-                step()
-            ms = statistics.median(timed(step, device, opts.repeats))
-            results["latency_ms"][f"{config}/{name}"] = ms
-            print(f"{config:9s} {name:16s} update {ms:.3f} ms", flush=True)
-        eager = build(config, VARIANTS["cudnn_benchmark"], device)
-        for _ in range(5):
-            eager()
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(20):
-                eager()
-            torch.cuda.synchronize()
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18)
-        results["top_kernels"][config] = table
-        print(table, flush=True)
-    with open(opts.out, "w") as f:
-        json.dump(results, f, indent=1)
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+               "latency_ms": {}, "profile": {}, "errors": {}}
+    for name in opts.agents.split(","):
+        module, flags = AGENTS[name]
+        agent = importlib.import_module(module)
+        if opts.impala_channels:
+            flags = {**flags, "impala_channels": tuple(int(c) for c in opts.impala_channels.split(","))}
+        args = agent.Args(env_id="Pong", buffer_size=100_000, device="cuda", compile=True, cudagraphs=True,
+                          torch_deterministic=False, **flags)
+        for variant in opts.variants.split(","):
+            key = f"{name}/{variant}"
+            try:
+                start = time.time()
+                step = build_update(agent, args, variant, device)
+                for _ in range(10):  # compilation, capture, cudnn autotuning
+                    step()
+                ms = timed(step, device, opts.repeats)
+                results["latency_ms"][key] = {"median": statistics.median(ms), "p10": sorted(ms)[len(ms) // 10],
+                                              "build_s": round(time.time() - start, 1)}
+                print(f"{name:8s} {variant:13s} update {statistics.median(ms):.3f} ms "
+                      f"(built in {time.time() - start:.0f} s)", flush=True)
+                if variant == "fast":
+                    table = kernel_table(step, device, opts.profile_calls)
+                    results["profile"][name] = table
+                    print(f"  {table['kernels_per_update']:.0f} kernels, {table['kernel_us_total']:.0f} us of GPU time per update")
+                    for kind, v in table["by_kind"].items():
+                        print(f"  {kind:18s} {v['us']:8.1f} us  {v['kernels']:5.1f} kernels")
+                    for k in table["kernels"][:25]:
+                        print(f"    {k['us_per_update']:7.1f} us x{k['launches_per_update']:4.1f}  {k['kind']:16s} {k['name'][:90]}")
+            except Exception:  # one variant failing must not lose the others
+                results["errors"][key] = traceback.format_exc(limit=3)
+                print(f"{name:8s} {variant:13s} FAILED\n{results['errors'][key]}", flush=True)
+            torch._dynamo.reset()
+            with open(opts.out, "w") as f:
+                json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

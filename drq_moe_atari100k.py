@@ -799,6 +799,10 @@ class FrameReplay:
         self.num_staged, self.added = 0, 0  # rows staged on the host; rows written to the device
         self.episode_step = np.zeros(num_streams, dtype=np.int64)  # rows so far in each stream's episode
         self.copy_done = torch.cuda.Event() if pin else None
+        self.outcome = {f: torch.zeros(num_streams, dtype=getattr(self, f).dtype, pin_memory=pin) for f in ("rewards", "terminated")}
+        self.outcome_np = {f: t.numpy() for f, t in self.outcome.items()}
+        self.outcome_done = torch.cuda.Event() if pin else None
+        self.open_row, self.open_final = 0, np.zeros(num_streams, dtype=bool)
         self.bounds = torch.zeros(2, dtype=torch.long, device=dev)  # [lo, hi] of sampleable row ids
 
     @property
@@ -810,6 +814,15 @@ class FrameReplay:
         """One vector step: a row per stream, (K, H, W) frames and (K,) arrays. A `final` row
         holds the frame its stream's episode ended on (its action and reward are not used), and
         that stream's next row starts an episode."""
+        self.start_rows(frames, actions, final)
+        self.finish_rows(rewards, terminated)
+
+    def start_rows(self, frames, actions, final) -> None:
+        """`add_rows` in two halves: the rows of a vector step before the emulators take it, then
+        their rewards and terminations (`finish_rows`). No transition that can be sampled in
+        between reads those two fields (the newest one ends n rows back), so the updates of
+        this step may run while the emulators step and still see exactly what they would after
+        `add_rows`."""
         k = self.streams
         if self.num_staged + k > len(self.staged["frames"]):
             self.flush()
@@ -818,17 +831,31 @@ class FrameReplay:
         rows, st = slice(self.num_staged, self.num_staged + k), self.staged_np
         final = np.asarray(final, dtype=bool)
         st["frames"][rows] = frames
-        st["actions"][rows] = actions
-        st["rewards"][rows] = rewards
-        st["terminated"][rows] = terminated
+        st["actions"][rows] = np.where(final, 0, actions)
+        st["rewards"][rows], st["terminated"][rows] = 0.0, False
         st["final"][rows] = final
         st["ep_pos"][rows] = self.episode_step
         self.episode_step += 1
-        if final.any():
-            ends = self.num_staged + np.flatnonzero(final)
-            st["actions"][ends], st["rewards"][ends], st["terminated"][ends] = 0, 0.0, False
-            self.episode_step[final] = 0
+        self.episode_step[final] = 0
+        self.open_row, self.open_final = self.rows, final  # the first of the rows waiting for their outcome
         self.num_staged += k
+
+    def finish_rows(self, rewards, terminated) -> None:
+        """The rewards and terminations of the rows `start_rows` began (final rows keep 0)."""
+        k, keep = self.streams, ~self.open_final
+        rewards, terminated = np.where(keep, rewards, 0.0), np.asarray(terminated, dtype=bool) & keep
+        at = self.open_row - self.added
+        if at >= 0:  # still staged
+            self.staged_np["rewards"][at:at + k], self.staged_np["terminated"][at:at + k] = rewards, terminated
+            return
+        if self.outcome_done is not None:  # flushed by an update in between: write the two fields on the device
+            self.outcome_done.synchronize()  # the last such copy has left the host buffer
+        start = self.open_row % self.capacity  # a multiple of K: the K rows do not wrap
+        for field, values in (("rewards", rewards), ("terminated", terminated)):
+            self.outcome_np[field][:] = values
+            getattr(self, field)[start:start + k].copy_(self.outcome[field], non_blocking=True)
+        if self.outcome_done is not None:
+            self.outcome_done.record()
 
     def add(self, frame, action: int, reward: float, terminated: bool) -> None:
         """One agent step of a single stream, taken from a state whose newest frame is `frame`."""
@@ -1366,7 +1393,7 @@ def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameRepl
         if augment is not None:
             batch["obs"], batch["next_obs"] = augment(batch["obs"]), augment(batch["next_obs"])
         total, per_sample = rainbow_loss(args, q_net, batch, rainbow_targets(args, q_net, target_net, batch))
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad()  # set to None: backward writes the gradients, no zero fill and add (benchmark/RESULTS.md)
         total.backward()
         optimizer.step()
         if args.prioritized:
@@ -1638,10 +1665,27 @@ def main(args: Args) -> str:
             act_host.copy_(torch.from_numpy(obs_stack).unsqueeze(0))
             act_input.copy_(act_host, non_blocking=True)
             action = int(act_step().item())
+        replay.start_rows(obs_stack[-1:], [action], [False])
+
+        # --- learn (Dopamine: after the transition is stored, once the replay holds enough). The GPU
+        # learns while the emulator steps: these updates read no reward or termination of this
+        # step, so they are exactly the updates after it is stored (FrameReplay.start_rows) ---
+        if step >= args.min_replay_history:
+            if step % period == 0:
+                replay.flush()
+                if replay.can_sample():
+                    for _ in range(updates_per_period):
+                        loss = update_step()
+                        loss_sum += loss
+                        nonfinite |= ~torch.isfinite(loss)
+                        loss_count += 1
+            if target_net is not q_net and step % args.target_update_period == 0:
+                target_net.load_state_dict(q_net.state_dict())
+
         obs, reward, terminated, truncated, info = env.step(action)
         life_lost = args.terminal_on_life_loss and info["lives"] < lives and not (terminated or truncated)
         lives = info["lives"]
-        replay.add(obs_stack[-1], action, max(-1.0, min(1.0, float(reward))), bool(terminated) or life_lost)  # clipped
+        replay.finish_rows([max(-1.0, min(1.0, float(reward)))], [bool(terminated) or life_lost])  # clipped
         episode_return += float(reward)
         episode_length += 1
         obs_stack[:-1] = obs_stack[1:]
@@ -1661,18 +1705,6 @@ def main(args: Args) -> str:
             obs_stack = np.zeros_like(obs_stack)
             obs_stack[-1] = obs
 
-        # --- learn (Dopamine: after the transition is stored, once the replay holds enough) ---
-        if step >= args.min_replay_history:
-            if step % period == 0:
-                replay.flush()
-                if replay.can_sample():
-                    for _ in range(updates_per_period):
-                        loss = update_step()
-                        loss_sum += loss
-                        nonfinite |= ~torch.isfinite(loss)
-                        loss_count += 1
-            if target_net is not q_net and step % args.target_update_period == 0:
-                target_net.load_state_dict(q_net.state_dict())
         step += 1
 
         # --- logging, iterations, evaluations, checkpoints ---

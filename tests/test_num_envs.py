@@ -115,6 +115,38 @@ def test_k_streams_hold_the_transitions_of_k_single_replays(k, capacity, n):
             assert torch.equal(a[key], b[key]), (e, key)
 
 
+@pytest.mark.parametrize("k, capacity, n", [(1, 50, 1), (1, 64, 3), (3, 60, 3)])
+def test_updates_between_start_and_finish_rows_see_the_stored_step(k, capacity, n):
+    """The agents begin a vector step's rows (`start_rows`), learn while the emulators step, and
+    then write the rewards and terminations (`finish_rows`). Every transition an update could
+    sample in between equals the one it would sample had the whole step been stored first
+    (Dopamine's order), and afterwards both replays hold the same rows, whether the step's rows
+    were still staged or already on the device; across episode ends and wrap-around."""
+    stored = dqn.FrameReplay(capacity, (2, 2), 4, n, GAMMA, stage_rows=5, num_streams=k)
+    split = dqn.FrameReplay(capacity, (2, 2), 4, n, GAMMA, stage_rows=5, num_streams=k)
+    compared = 0
+    for t, (frames, actions, rewards, terminated, final) in enumerate(random_streams(k, 80, seed=10 + k)):
+        stored.add_rows(frames, actions, rewards, terminated, final)
+        split.start_rows(frames, actions, final)
+        if t % 3 == 0:  # an update runs while the emulators step
+            stored.flush()
+            split.flush()
+            assert stored._row_bounds() == split._row_bounds()
+            if split.can_sample():
+                lo, hi = split._row_bounds()
+                rows = torch.tensor([r for r in range(lo, hi + 1) if not split.final[r % split.capacity]])
+                a, b = stored.gather(rows), split.gather(rows)
+                for key in ("obs", "action", "return", "discount", "next_obs"):
+                    assert torch.equal(a[key], b[key]), (t, key)
+                compared += 1
+        split.finish_rows(rewards, terminated)
+    stored.flush()
+    split.flush()
+    for field in stored.fields:
+        assert torch.equal(getattr(stored, field), getattr(split, field)), field
+    assert compared >= 20
+
+
 def test_k_stream_sampling_never_returns_final_rows_and_round_trips():
     k = 4
     replay = dqn.FrameReplay(200, (2, 2), 4, 3, GAMMA, num_streams=k)

@@ -9,11 +9,15 @@ batch 32) and times it, captured in a CUDA graph, under each variant:
     bf16           + bf16 autocast around the whole update (changes the numerics)
     limit0         + cudnn autotuning over every algorithm (`cudnn.benchmark_limit = 0`, default 10)
     fused_adam     + Adam(fused=True) instead of the capturable for-each Adam
+    nchw           the network in NCHW instead of channels-last
     max_autotune   + torch.compile(mode="max-autotune-no-cudagraphs"): Triton conv/matmul templates
 
+(benchmark/RESULTS.md also lists "gradients set to None", measured as a variant before the agents
+adopted it.)
+
 Then it profiles graph replays of the fast path and sums the GPU time of each kernel per
-update, grouped by kind (convolution forward, data and weight gradients, pooling, fused Triton
-elementwise and reductions, matmuls, optimiser, copies). Prints everything and writes JSON.
+update, grouped by kind (convolution forward, data and weight gradients, pooling, matmuls,
+gradient zeroing, the fused Triton kernels of torch.compile). Prints everything and writes JSON.
 
     python benchmark/profile_update.py --agents dqn,rainbow,der --out benchmark/results/update_profile.json
 """
@@ -43,8 +47,7 @@ AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, t
     "der": ("der_moe_atari100k", dict(moe="soft", num_experts=4)),
     "drq": ("drq_moe_atari100k", dict(moe="soft", num_experts=4)),
 }
-VARIANTS = ("fast", "graph_only", "bf16", "limit0", "fused_adam", "max_autotune", "set_to_none", "nchw",
-            "set_to_none_bf16")
+VARIANTS = ("fast", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune")
 KINDS = [  # (kind, pattern on the kernel name), first match wins
     ("conv weight grad", r"wgrad|init_device_workspace"),
     ("conv data grad", r"dgrad"),
@@ -73,14 +76,11 @@ def build_update(agent, args, variant: str, device):
     target = network(args, 6).to(device, memory_format=fmt).requires_grad_(False)
     adam = dict(fused=True) if variant == "fused_adam" else dict(capturable=True)
     opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, **adam)
-    if variant.startswith("set_to_none"):  # backward writes the gradients instead of adding to zeroed ones
-        zero_grad = opt.zero_grad
-        opt.zero_grad = lambda set_to_none=True: zero_grad(set_to_none=True)
     replay = filled_replay(agent, args, device, rows=20_000)
     extra = {"augment": agent.drq_augment} if getattr(args, "data_augmentation", False) else {}
     plain = dataclasses.replace(args, compile=False, cudagraphs=False)
     fn = agent.make_update_step(plain, q_net, target, opt, replay, **extra).fn  # the raw update function
-    if variant.endswith("bf16"):
+    if variant == "bf16":
         raw = fn
 
         def fn():
@@ -126,48 +126,6 @@ def kernel_table(step, device, calls: int) -> dict:
             "kernels_per_update": sum(k["launches_per_update"] for k in kernels)}
 
 
-def conv_table(channels, batch: int, repeats: int = 50) -> list[dict]:
-    """Forward, data-gradient and weight-gradient time (us) of every convolution shape of an
-    Impala encoder with `channels`, at `batch`, in NCHW and channels-last, float32 (TF32) and bf16."""
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
-    shapes, c_in, size = [], 4, 84
-    for c in channels:
-        shapes += [(c_in, c, size), (c, c, -(-size // 2))]  # the stack's conv; its residual convs after the pool
-        c_in, size = c, -(-size // 2)
-    rows = []
-    for c_in, c_out, size in shapes:
-        for fmt_name, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
-            for dtype in (torch.float32, torch.bfloat16):
-                x = torch.randn(batch, c_in, size, size, device="cuda", dtype=dtype).to(memory_format=fmt)
-                w = torch.randn(c_out, c_in, 3, 3, device="cuda", dtype=dtype).to(memory_format=fmt)
-                b = torch.zeros(c_out, device="cuda", dtype=dtype)
-                x.requires_grad_(c_in != 4)  # the first conv needs no data gradient
-                w.requires_grad_(True)
-                b.requires_grad_(True)
-                y = torch.nn.functional.conv2d(x, w, b, 1, 1)
-                g = torch.randn_like(y)
-                row = {"c_in": c_in, "c_out": c_out, "size": size, "format": fmt_name, "dtype": str(dtype).split(".")[-1]}
-                ops = {"forward": lambda: torch.nn.functional.conv2d(x, w, b, 1, 1),
-                       "weight_grad": lambda: torch.autograd.grad(y, (w, b), g, retain_graph=True)}
-                if c_in != 4:
-                    ops["data_grad"] = lambda: torch.autograd.grad(y, x, g, retain_graph=True)
-                for op, fn in ops.items():
-                    for _ in range(5):
-                        fn()
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    for _ in range(repeats):
-                        fn()
-                    end.record()
-                    end.synchronize()
-                    row[op + "_us"] = round(1e3 * start.elapsed_time(end) / repeats, 1)
-                rows.append(row)
-                print("  conv {c_in:2d}->{c_out:2d} at {size:2d}x{size:<2d} {format:13s} {dtype:8s} forward {f:6.1f} us  "
-                      "data grad {d:6.1f} us  weight grad {w:6.1f} us".format(
-                          **row, f=row["forward_us"], d=row.get("data_grad_us", 0.0), w=row["weight_grad_us"]), flush=True)
-    return rows
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", default="dqn,rainbow,der")
@@ -175,7 +133,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--profile-calls", type=int, default=20)
     parser.add_argument("--impala-channels", default=None, help="e.g. 32,64,64 (the paper's); default: the agent's")
-    parser.add_argument("--conv-table", action="store_true", help="also time every Impala conv shape alone")
     parser.add_argument("--out", default="benchmark/results/update_profile.json")
     opts = parser.parse_args()
     if not torch.cuda.is_available():
@@ -183,9 +140,6 @@ def main():
     device = torch.device("cuda")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                "latency_ms": {}, "profile": {}, "errors": {}}
-    if opts.conv_table:
-        channels = tuple(int(c) for c in (opts.impala_channels or "16,32,32").split(","))
-        results["conv_table"] = conv_table(channels, batch=32)
     for name in opts.agents.split(","):
         module, flags = AGENTS[name]
         agent = importlib.import_module(module)

@@ -45,3 +45,51 @@ def test_perf_quick(tmp_path):
     assert training["num_envs"] == 2 and training["train_sps"] > 0 and training["updates_per_s"] == training["train_sps"] / 4
     assert seeds["seeds_at_once"] == 2 and len(seeds["sps_per_run"]) == 2 and seeds["sps_total"] == sum(seeds["sps_per_run"])
     assert "| 2 | 1 |" in proc.stdout  # the seeds table
+
+
+def test_seed_batched_update_is_independent_agents():
+    """vmap_seeds.py's batched step over 3 seeds gives, after two updates, every seed the
+    parameters its own DQN update (the agent's td_loss and td_target, its own Adam) gives."""
+    import copy
+
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import dqn_moe_atari as dqn
+    from bench_atari import filled_replay
+    from vmap_seeds import SeedBatch, seed_batches
+
+    args = dqn.Args(env_id="Pong", impala_channels=(4, 8, 8), expert_hidden=16, num_experts=4, batch_size=8,
+                    buffer_size=2000, device="cpu", learning_rate=1e-3)
+    seeds = [1, 2, 3]
+    group = SeedBatch(args, 6, seeds, "cpu")
+    replay = filled_replay(dqn, args, "cpu", rows=600)
+    batches = [seed_batches(replay, len(seeds), args.batch_size) for _ in range(2)]
+    for batch in batches:
+        group.update(batch)
+    for s, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        net = dqn.QNetwork(args, 6)
+        target = copy.deepcopy(net).requires_grad_(False)
+        opt = torch.optim.Adam(net.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+        for batch in batches:
+            mine = {k: v[s] for k, v in batch.items()}
+            total, _ = dqn.td_loss(args, net, mine, dqn.td_target(target, mine))
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+        moved = 0
+        for name, p in net.named_parameters():
+            assert torch.allclose(group.params[name][s], p, atol=1e-6), (seed, name)
+            moved += int(not torch.equal(group.target[name][s], p))
+        assert moved > 0  # the updates changed the parameters
+
+
+def test_vmap_seeds_quick(tmp_path):
+    out = tmp_path / "vmap.json"
+    proc = subprocess.run([sys.executable, "benchmark/vmap_seeds.py", "--quick", "--seeds", "1,2", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["seeds"] for r in rows] == [1, 2] and all(r["update_ms"] > 0 for r in rows)
+    assert rows[1]["speedup_vs_separate"] > 0

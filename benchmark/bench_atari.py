@@ -76,7 +76,8 @@ def update_and_act_latency(agent, args, device, repeats: int) -> dict:
     target = network(args, 6).to(device, memory_format=agent.memory_format(device)).requires_grad_(False)
     opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, capturable=args.cudagraphs)
     replay = filled_replay(agent, args, device, rows=min(args.buffer_size - 1, 20_000))
-    update = agent.make_update_step(args, q_net, target, opt, replay)
+    augment = {"augment": agent.drq_augment} if getattr(args, "data_augmentation", False) else {}  # DrQ(eps)
+    update = agent.make_update_step(args, q_net, target, opt, replay, **augment)
     act_input = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, device=device)
     act = agent.make_act_step(args, q_net, act_input)
     for _ in range(10):  # warm-up: compilation, capture, cudnn autotuning

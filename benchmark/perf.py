@@ -1,11 +1,13 @@
-"""Performance of the 200M-frame Atari agents (dqn_moe_atari.py, rainbow_moe_atari.py) in one
-command: update latency, agent steps/s of a real training segment, updates/s and peak GPU memory,
-for each agent, network and execution mode, side by side; agent steps/s with K environments per
-run (--num-envs); and the throughput of several seeds sharing the GPU (separate processes), as
-200M-frame runs per hour. Prints Markdown tables and writes every number to a JSON file.
+"""Performance of the Atari agents in one command: update latency, agent steps/s of a real
+training segment, updates/s and peak GPU memory, for each agent, network and execution mode, side
+by side; agent steps/s with K environments per run (--num-envs); and the throughput of several
+seeds sharing the GPU (separate processes), as 200M-frame runs per hour. Prints Markdown tables
+and writes every number to a JSON file. The Atari 100k agents (der, drq) get latency rows here;
+their whole runs (training and evaluation) are timed by benchmark/bench_atari100k.py.
 
     python benchmark/perf.py --out benchmark/results/perf.json
     python benchmark/perf.py --agents dqn --modes captured --num-envs 1,8 --seeds-at-once 4
+    python benchmark/perf.py --agents der,drq --configs baseline,softmoe4 --train-modes ""
     python benchmark/perf.py --quick     # CPU smoke: tiny network, a few hundred steps
 
 "captured" is `--compile --cudagraphs --no-torch-deterministic`; no mode changes the algorithm.
@@ -29,6 +31,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_atari import AGENTS, CONFIGS, training_sps, update_and_act_latency  # noqa: E402
 from bench_atari100k import launch  # noqa: E402
+
+AGENTS = {**AGENTS, "der": "der_moe_atari100k", "drq": "drq_moe_atari100k"}
+ATARI_100K = ("der", "drq")  # one environment, whole runs with evaluation: no training segments here
+CONFIGS = {**CONFIGS, "softmoe4": dict(moe="soft", num_experts=4)}  # the paper's Atari 100k network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {"eager": dict(), "captured": dict(cudagraphs=True, compile=True, torch_deterministic=False)}
@@ -113,14 +119,16 @@ def main():
     print(f"device {results['device']}, torch {results['torch']}, {results['cpus']} CPU cores", flush=True)
     for agent_name in opts.agents.split(","):
         agent = importlib.import_module(AGENTS[agent_name])
+        short = agent_name in ATARI_100K
+        agent_base = {k: v for k, v in base.items() if k != "encoder"} if short else base  # their own encoder (Nature)
         for config in opts.configs.split(","):
             for mode in modes:
-                args = agent.Args(**{**base, "buffer_size": min(opts.buffer_size, 100_000)}, **CONFIGS[config], **MODES[mode])
+                args = agent.Args(**{**agent_base, "buffer_size": min(opts.buffer_size, 100_000)}, **CONFIGS[config], **MODES[mode])
                 row = {"agent": agent_name, "config": config, "mode": mode,
                        **update_and_act_latency(agent, args, device, opts.repeats)}
                 results["latency"].append(row)
                 print(json.dumps(row), flush=True)
-            for mode in train_modes:
+            for mode in train_modes if not short else []:
                 for k in num_envs:
                     args = agent.Args(**{**base, "buffer_size": opts.buffer_size, "num_envs": k}, **CONFIGS[config], **MODES[mode])
                     row = {"agent": agent_name, "config": config, "mode": mode, "num_envs": k,
@@ -129,6 +137,8 @@ def main():
                     print(json.dumps(row), flush=True)
     if opts.seeds_at_once:
         agent_name, config = opts.agents.split(",")[0], opts.configs.split(",")[-1]
+        if agent_name in ATARI_100K:
+            sys.exit("error: --seeds-at-once runs the 200M-frame agents; Atari 100k runs in parallel: bench_atari100k.py --parts parallel")
         mode = train_modes[-1] if train_modes else "eager"
         run = {**base, **CONFIGS[config], **MODES[mode], "buffer_size": opts.buffer_size, "num_envs": opts.seed_num_envs}
         for k in map(int, opts.seeds_at_once.split(",")):

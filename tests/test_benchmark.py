@@ -93,3 +93,15 @@ def test_vmap_seeds_quick(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["seeds"] for r in rows] == [1, 2] and all(r["update_ms"] > 0 for r in rows)
     assert rows[1]["speedup_vs_separate"] > 0
+
+
+def test_perf_quick_atari100k_agents(tmp_path):
+    """perf.py gives the Atari 100k agents (their own Nature CNN) latency rows."""
+    out = tmp_path / "perf100k.json"
+    proc = subprocess.run([sys.executable, "benchmark/perf.py", "--quick", "--agents", "der,drq", "--configs", "softmoe4",
+                           "--train-modes", "", "--num-envs", "", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["latency"]
+    assert [(r["agent"], r["config"]) for r in rows] == [("der", "softmoe4"), ("drq", "softmoe4")]
+    assert all(r["update_ms_median"] > 0 and r["params"] > 0 for r in rows)

@@ -136,14 +136,16 @@ def test_a_sweep_runs_through_the_launcher(tmp_path):
         assert name in out.stdout
 
 
-def test_num_envs_check_compares_only_the_number_of_environments(tmp_path):
+@pytest.mark.parametrize("short, runs", [("0", 2 * 2 * 4 * 3), ("1", 2 * 2)])
+def test_num_envs_check_compares_only_the_number_of_environments(tmp_path, short, runs):
     """benchmark/check_num_envs.sh: each agent with 1 and 16 environments, otherwise the same
-    flags, on every game with every seed; every command parses and passes the agent's checks."""
+    flags, on every game with every seed (agents x K x games x seeds; SHORT=1: DQN only, 2
+    games, 1 seed); every command parses and passes the agent's checks."""
     out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "check_num_envs.sh"), "--dry-run"], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "RUNS_DIR": str(tmp_path)})
+                         text=True, timeout=120, env={**os.environ, "RUNS_DIR": str(tmp_path), "SHORT": short})
     assert out.returncode == 0, out.stderr
     commands = [shlex.split(line) for line in out.stdout.splitlines() if line.startswith("python")]
-    assert len(commands) == 2 * 2 * 4 * 3  # agents x K x games x seeds
+    assert len(commands) == runs
     without_k = collections.defaultdict(set)
     for tokens in commands:
         k = flag(tokens, "--num-envs")

@@ -235,6 +235,50 @@ def test_k_envs_resume_after_sigkill(tmp_path):
     assert adam_steps(ckpt) == len(range(100, 800, 4)) and ckpt["loop"]["step"] == 800 > before
 
 
+AUDITED = [("dqn_moe_atari", dict(num_envs=1)), ("dqn_moe_atari", dict(num_envs=4)),
+           ("rainbow_moe_atari", dict(num_envs=1, num_atoms=11)), ("der_moe_atari100k", {}), ("drq_moe_atari100k", {})]
+
+
+@pytest.mark.parametrize("module_name, extra", AUDITED)
+def test_updates_during_a_step_read_no_outcome_of_it(tmp_path, monkeypatch, module_name, extra):
+    """Every agent learns between `start_rows` and `finish_rows`: the updates it runs there
+    (recorded through the replay's `gather`) read rewards and terminations only of rows before
+    the open ones, so they are the updates of the store-then-learn order (the test above)."""
+    import importlib
+
+    agent = importlib.import_module(module_name)
+    replay_class, audit = agent.FrameReplay, {"open": False, "during": 0}
+    start_rows, finish_rows, gather = replay_class.start_rows, replay_class.finish_rows, replay_class.gather
+
+    def audited_start(self, *a):
+        start_rows(self, *a)
+        audit["open"] = True
+
+    def audited_finish(self, *a):
+        audit["open"] = False
+        finish_rows(self, *a)
+
+    def audited_gather(self, rows):
+        if audit["open"]:
+            audit["during"] += 1
+            newest_read = int(rows.max()) + (self.n_step - 1) * self.streams  # the last reward or termination read
+            assert newest_read < self.open_row, (newest_read, self.open_row)
+        return gather(self, rows)
+
+    monkeypatch.setattr(replay_class, "start_rows", audited_start)
+    monkeypatch.setattr(replay_class, "finish_rows", audited_finish)
+    monkeypatch.setattr(replay_class, "gather", audited_gather)
+    common = dict(env_id="Pong", device="cpu", runs_dir=str(tmp_path), num_experts=2, expert_hidden=16, batch_size=8,
+                  min_replay_history=100, log_every=10**9, max_episode_frames=400)
+    if module_name.endswith("atari100k"):
+        args = agent.Args(**common, total_steps=300, iteration_steps=10**9, eval_episodes=1, **extra)
+    else:
+        args = agent.Args(**common, impala_channels=(4, 8, 8), buffer_size=2000, total_frames=4 * 300,
+                          iteration_steps=10**9, **extra)
+    agent.main(args)
+    assert audit["during"] >= 40  # the updates did run while a step was open
+
+
 @pytest.mark.parametrize("flags, needle", [(["--num-envs", "0"], "--num-envs"),
                                            (["--num-envs", "2", "--capture-video"], "--capture-video")])
 def test_bad_num_envs(tmp_path, flags, needle):

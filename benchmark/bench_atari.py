@@ -68,16 +68,24 @@ def filled_replay(agent, args, device, rows: int):
     return replay
 
 
-def update_and_act_latency(agent, args, device, repeats: int) -> dict:
+def update_parts(agent, args, device, memory_format=None, adam=None):
+    """The online network and the agent's update step (`make_update_step`, DrQ with its
+    augmentation), built as the training loop builds them over a replay of random frames."""
     torch.manual_seed(0)
     agent.configure_backends(device, args.torch_deterministic)
     network = getattr(agent, "RainbowNetwork", None) or agent.QNetwork
-    q_net = network(args, 6).to(device, memory_format=agent.memory_format(device))
-    target = network(args, 6).to(device, memory_format=agent.memory_format(device)).requires_grad_(False)
-    opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, capturable=args.cudagraphs)
+    fmt = memory_format or agent.memory_format(device)
+    q_net = network(args, 6).to(device, memory_format=fmt)
+    target = network(args, 6).to(device, memory_format=fmt).requires_grad_(False)
+    opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps,
+                           **(adam or dict(capturable=args.cudagraphs)))
     replay = filled_replay(agent, args, device, rows=min(args.buffer_size - 1, 20_000))
     augment = {"augment": agent.drq_augment} if getattr(args, "data_augmentation", False) else {}  # DrQ(eps)
-    update = agent.make_update_step(args, q_net, target, opt, replay, **augment)
+    return q_net, agent.make_update_step(args, q_net, target, opt, replay, **augment)
+
+
+def update_and_act_latency(agent, args, device, repeats: int) -> dict:
+    q_net, update = update_parts(agent, args, device)
     act_input = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, device=device)
     act = agent.make_act_step(args, q_net, act_input)
     for _ in range(10):  # warm-up: compilation, capture, cudnn autotuning

@@ -39,7 +39,7 @@ from collections import defaultdict
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_atari import filled_replay, timed  # noqa: E402
+from bench_atari import timed, update_parts  # noqa: E402
 
 AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, the paper's Soft MoE-4 for DER)
     "dqn": ("dqn_moe_atari", dict(moe="soft", num_experts=8)),
@@ -67,19 +67,11 @@ def kind_of(name: str) -> str:
 
 def build_update(agent, args, variant: str, device):
     """The agent's update as the training loop builds it, with the variant's change."""
-    torch.manual_seed(0)
-    agent.configure_backends(device, args.torch_deterministic)
     torch.backends.cudnn.benchmark_limit = 0 if variant == "limit0" else 10
-    network = getattr(agent, "RainbowNetwork", None) or agent.QNetwork
-    fmt = torch.contiguous_format if variant == "nchw" else agent.memory_format(device)
-    q_net = network(args, 6).to(device, memory_format=fmt)
-    target = network(args, 6).to(device, memory_format=fmt).requires_grad_(False)
+    fmt = torch.contiguous_format if variant == "nchw" else None
     adam = dict(fused=True) if variant == "fused_adam" else dict(capturable=True)
-    opt = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps, **adam)
-    replay = filled_replay(agent, args, device, rows=20_000)
-    extra = {"augment": agent.drq_augment} if getattr(args, "data_augmentation", False) else {}
     plain = dataclasses.replace(args, compile=False, cudagraphs=False)
-    fn = agent.make_update_step(plain, q_net, target, opt, replay, **extra).fn  # the raw update function
+    fn = update_parts(agent, plain, device, fmt, adam)[1].fn  # the raw update function
     if variant == "bf16":
         raw = fn
 

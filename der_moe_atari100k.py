@@ -868,14 +868,26 @@ class FrameReplay:
         k = self.num_staged
         if k == 0:
             return
-        idx = (self.added + torch.arange(k, device=self.device)) % self.capacity
-        for f in self.fields:
-            getattr(self, f).index_copy_(0, idx, self.staged[f][:k].to(self.device, non_blocking=True))
+        for f in self.fields:  # straight into the rows: one copy per field (two at the wrap), no kernel
+            rows, staged = getattr(self, f), self.staged[f]
+            for into, take in self._ring_slices(k):
+                rows[into].copy_(staged[take], non_blocking=True)
         if self.copy_done is not None:
             self.copy_done.record()
         self.added += k
         self.num_staged = 0
         self._set_bounds()
+
+    def _ring_slices(self, k: int) -> list[tuple[slice, slice]]:
+        """(buffer rows, staged rows) pairs that write the next k rows: one pair, or two where the
+        ring wraps; of more than `capacity` rows only the newest are written."""
+        skip = max(0, k - self.capacity)
+        start, n = (self.added + skip) % self.capacity, k - skip
+        first = min(n, self.capacity - start)
+        pairs = [(slice(start, start + first), slice(skip, skip + first))]
+        if first < n:
+            pairs.append((slice(0, n - first), slice(skip + first, k)))
+        return pairs
 
     def _row_bounds(self) -> tuple[int, int]:
         """A row starts a transition when its n successors are written and no frame of its stack
@@ -975,11 +987,10 @@ class PrioritizedFrameReplay(FrameReplay):
         self.positions = torch.arange(self.capacity, device=self.device)
 
     def flush(self) -> None:
-        k, start = self.num_staged, self.added
+        written = self._ring_slices(self.num_staged) if self.num_staged else []
         super().flush()
-        if k:
-            idx = (start + torch.arange(k, device=self.device)) % self.capacity
-            self.priorities.index_copy_(0, idx, self.max_priority.expand(k))
+        for into, _ in written:  # new rows enter with the largest priority seen so far
+            self.priorities[into] = self.max_priority
 
     def row_of_position(self, pos: torch.Tensor) -> torch.Tensor:
         """The row id stored at buffer position `pos` (the newest row written there)."""

@@ -841,14 +841,26 @@ class FrameReplay:
         k = self.num_staged
         if k == 0:
             return
-        idx = (self.added + torch.arange(k, device=self.device)) % self.capacity
-        for f in self.fields:
-            getattr(self, f).index_copy_(0, idx, self.staged[f][:k].to(self.device, non_blocking=True))
+        for f in self.fields:  # straight into the rows: one copy per field (two at the wrap), no kernel
+            rows, staged = getattr(self, f), self.staged[f]
+            for into, take in self._ring_slices(k):
+                rows[into].copy_(staged[take], non_blocking=True)
         if self.copy_done is not None:
             self.copy_done.record()
         self.added += k
         self.num_staged = 0
         self._set_bounds()
+
+    def _ring_slices(self, k: int) -> list[tuple[slice, slice]]:
+        """(buffer rows, staged rows) pairs that write the next k rows: one pair, or two where the
+        ring wraps; of more than `capacity` rows only the newest are written."""
+        skip = max(0, k - self.capacity)
+        start, n = (self.added + skip) % self.capacity, k - skip
+        first = min(n, self.capacity - start)
+        pairs = [(slice(start, start + first), slice(skip, skip + first))]
+        if first < n:
+            pairs.append((slice(0, n - first), slice(skip + first, k)))
+        return pairs
 
     def _row_bounds(self) -> tuple[int, int]:
         """A row starts a transition when its n successors are written and no frame of its stack

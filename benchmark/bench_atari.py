@@ -68,9 +68,10 @@ def filled_replay(agent, args, device, rows: int):
     return replay
 
 
-def update_parts(agent, args, device, memory_format=None, adam=None):
-    """The online network and the agent's update step (`make_update_step`, DrQ with its
-    augmentation), built as the training loop builds them over a replay of random frames."""
+def update_parts(agent, args, device, memory_format=None, adam=None) -> dict:
+    """The agent's update step (`make_update_step`, DrQ with its augmentation) and what it works
+    on (online and target networks, Adam, a replay of random frames), built as the training loop
+    builds them."""
     torch.manual_seed(0)
     agent.configure_backends(device, args.torch_deterministic)
     network = getattr(agent, "RainbowNetwork", None) or agent.QNetwork
@@ -81,11 +82,13 @@ def update_parts(agent, args, device, memory_format=None, adam=None):
                            **(adam or dict(capturable=args.cudagraphs)))
     replay = filled_replay(agent, args, device, rows=min(args.buffer_size - 1, 20_000))
     augment = {"augment": agent.drq_augment} if getattr(args, "data_augmentation", False) else {}  # DrQ(eps)
-    return q_net, agent.make_update_step(args, q_net, target, opt, replay, **augment)
+    update = agent.make_update_step(args, q_net, target, opt, replay, **augment)
+    return {"q_net": q_net, "target": target, "optimizer": opt, "replay": replay, "update": update}
 
 
 def update_and_act_latency(agent, args, device, repeats: int) -> dict:
-    q_net, update = update_parts(agent, args, device)
+    parts = update_parts(agent, args, device)
+    q_net, update = parts["q_net"], parts["update"]
     act_input = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, device=device)
     act = agent.make_act_step(args, q_net, act_input)
     for _ in range(10):  # warm-up: compilation, capture, cudnn autotuning

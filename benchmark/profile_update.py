@@ -11,6 +11,7 @@ batch 32) and times it, captured in a CUDA graph, under each variant:
     fused_adam     + Adam(fused=True) instead of the capturable for-each Adam
     nchw           the network in NCHW instead of channels-last
     max_autotune   + torch.compile(mode="max-autotune-no-cudagraphs"): Triton conv/matmul templates
+    target_stream  DQN only: the target network's forward on a second stream, beside the online one
 
 (benchmark/RESULTS.md also lists "gradients set to None", measured as a variant before the agents
 adopted it.)
@@ -37,6 +38,7 @@ import traceback
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench_atari import timed, update_parts  # noqa: E402
@@ -47,7 +49,7 @@ AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, t
     "der": ("der_moe_atari100k", dict(moe="soft", num_experts=4)),
     "drq": ("drq_moe_atari100k", dict(moe="soft", num_experts=4)),
 }
-VARIANTS = ("fast", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune")
+VARIANTS = ("fast", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "target_stream")
 KINDS = [  # (kind, pattern on the kernel name), first match wins
     ("conv weight grad", r"wgrad|init_device_workspace"),
     ("conv data grad", r"dgrad"),
@@ -71,7 +73,10 @@ def build_update(agent, args, variant: str, device):
     fmt = torch.contiguous_format if variant == "nchw" else None
     adam = dict(fused=True) if variant == "fused_adam" else dict(capturable=True)
     plain = dataclasses.replace(args, compile=False, cudagraphs=False)
-    fn = update_parts(agent, plain, device, fmt, adam)[1].fn  # the raw update function
+    parts = update_parts(agent, plain, device, fmt, adam)
+    if variant == "target_stream":
+        return target_on_side_stream(agent, args, parts)
+    fn = parts["update"].fn  # the raw update function
     if variant == "bf16":
         raw = fn
 
@@ -82,6 +87,36 @@ def build_update(agent, args, variant: str, device):
         mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
         fn = torch.compile(fn, mode=mode)
     return agent.CapturedStep(fn, enabled=True)
+
+
+def target_on_side_stream(agent, args, parts):
+    """DQN's update with the target network's forward on a second CUDA stream, overlapping the
+    online forward; the same arithmetic, compiled in pieces because the two streams split it."""
+    if agent.__name__ != "dqn_moe_atari":
+        raise ValueError("target_stream is built for DQN only")
+    q_net, target, optimizer, replay = parts["q_net"], parts["target"], parts["optimizer"], parts["replay"]
+    side = torch.cuda.Stream()
+    sample = torch.compile(lambda: replay.sample(args.batch_size))
+    targets = torch.compile(lambda batch: agent.td_target(target, batch))
+    taken = torch.compile(lambda batch: q_net(batch["obs"]).gather(1, batch["action"].unsqueeze(1)).squeeze(1))
+    loss_of = torch.compile(lambda q, y: (q - y).pow(2).mean() if args.loss == "mse" else F.smooth_l1_loss(q, y))
+    adam_step = torch.compile(optimizer.step)
+
+    def update():
+        batch = sample()
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            y = targets(batch)
+        q = taken(batch)
+        main.wait_stream(side)
+        loss = loss_of(q, y)
+        optimizer.zero_grad()
+        loss.backward()
+        adam_step()
+        return loss.detach()
+
+    return agent.CapturedStep(update, enabled=True)
 
 
 def gpu_times(fn, calls: int) -> dict:

@@ -240,3 +240,32 @@ def test_fallback_row_stays_in_window():
     assert rows.min() >= lo and rows.max() <= hi
     live = {value(r) for r in range(added - cap, added)} | {0}
     assert set(replay.gather(rows)["obs"].unique().tolist()) <= live
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_flush_writes_rows_where_row_by_row_writes_would(prioritized):
+    """flush copies staged rows straight into the ring: chunks that end at, cross and exceed the
+    buffer's end leave every field as writing each row at position row % capacity would; new rows
+    of the prioritised replay enter with the largest priority, older ones keep theirs."""
+    import rainbow_moe_atari as rainbow
+    cap, stage = 12, 32
+    cls = rainbow.PrioritizedFrameReplay if prioritized else rainbow.FrameReplay
+    replay = cls(cap, (2, 2), n_step=1, gamma=GAMMA, stage_rows=stage)
+    rows = []  # (frame value, action, reward, terminated) of every row, in order
+    for chunk in (5, 7, 3, 12, 1, 27, 4):  # 5+7 ends at the buffer's end; 27 > 2 x capacity
+        for _ in range(chunk):
+            r = len(rows)
+            rows.append((value(r), r % 5, float(r % 3), r % 4 == 0))
+            replay.add(frame(r), r % 5, float(r % 3), r % 4 == 0)
+        if prioritized:
+            replay.priorities.fill_(0.25)
+            replay.max_priority.fill_(2.0)
+        replay.flush()
+        assert replay.added == len(rows)
+        for r in range(max(0, len(rows) - cap), len(rows)):
+            at = r % cap
+            v, action, reward, term = rows[r]
+            assert replay.frames[at].eq(v).all() and replay.actions[at] == action, (chunk, r)
+            assert replay.rewards[at] == reward and bool(replay.terminated[at]) == term, (chunk, r)
+            if prioritized:
+                assert replay.priorities[at] == (2.0 if r >= len(rows) - chunk else 0.25), (chunk, r)

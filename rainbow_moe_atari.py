@@ -195,6 +195,7 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
         repeat_action_probability=0.25 if sticky_actions else 0.0,
         full_action_space=False,
         max_num_frames_per_episode=max_episode_frames,
+        obs_type="grayscale",  # AtariPreprocessing reads the screens itself and drops this one: the cheapest it accepts
     )
     env = gym.make(env_id, max_episode_steps=max_episode_frames, **kwargs)
     if video_dir:

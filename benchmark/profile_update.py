@@ -91,7 +91,8 @@ def build_update(agent, args, variant: str, device):
 
 def target_on_side_stream(agent, args, parts):
     """DQN's update with the target network's forward on a second CUDA stream, overlapping the
-    online forward; the same arithmetic, compiled in pieces because the two streams split it."""
+    online forward; the same arithmetic (without Top1's auxiliary losses), compiled in pieces
+    because the two streams split it."""
     if agent.__name__ != "dqn_moe_atari":
         raise ValueError("target_stream is built for DQN only")
     q_net, target, optimizer, replay = parts["q_net"], parts["target"], parts["optimizer"], parts["replay"]

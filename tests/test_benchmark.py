@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -105,3 +107,18 @@ def test_perf_quick_atari100k_agents(tmp_path):
     rows = json.loads(out.read_text())["latency"]
     assert [(r["agent"], r["config"]) for r in rows] == [("der", "softmoe4"), ("drq", "softmoe4")]
     assert all(r["update_ms_median"] > 0 and r["params"] > 0 for r in rows)
+
+
+def test_profile_loop_quick(tmp_path):
+    """profile_loop.py profiles the loop after its first iteration and splits each agent step's
+    host time into its parts; the parts are measured and leave time for the rest of the loop."""
+    out = tmp_path / "loop.json"
+    proc = subprocess.run([sys.executable, "benchmark/profile_loop.py", "--agent", "dqn", "--num-envs", "2", "--quick",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["profiled_steps"] == 100 and result["profiled_seconds"] > 0
+    parts = result["us_per_agent_step"]
+    assert set(parts) == {"emulator", "act", "update", "replay", "other"}
+    assert all(us > 0 for us in parts.values()), parts
+    assert sum(parts.values()) == pytest.approx(1e6 * result["profiled_seconds"] / 100)

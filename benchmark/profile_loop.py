@@ -1,0 +1,144 @@
+"""Where the host's time goes in an agent's training loop: runs the agent (its own `main`) and,
+from the end of the first iteration (compilation, graph capture and random acting are over) to
+the end of the run, profiles the Python process with cProfile. Prints, per agent step, the time
+spent in each part of the loop and writes JSON:
+
+    emulator        the environment step (gymnasium's AtariPreprocessing; ale-py's vector env)
+    act             the greedy action: the captured forward pass and the wait for its result
+    update          launching the captured update steps (the GPU runs them asynchronously)
+    replay          start_rows, finish_rows and flush (the step's rows to the GPU)
+    other           the rest of the loop: numpy bookkeeping, logging, schedule checks
+
+cProfile adds a cost to every Python call, so the loop runs slower than without it and the
+Python-heavy parts look larger; compare parts with each other, not with unprofiled rates.
+
+    python benchmark/profile_loop.py --agent drq --steps 10000 --out benchmark/results/loop_profile_drq.json
+    python benchmark/profile_loop.py --agent dqn --num-envs 16 --steps 20000
+    python benchmark/profile_loop.py --agent drq --quick     # CPU smoke: tiny network, a few hundred steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import importlib
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+AGENTS = {"dqn": "dqn_moe_atari", "rainbow": "rainbow_moe_atari", "der": "der_moe_atari100k", "drq": "drq_moe_atari100k"}
+AGENT_FILE = "<agent>"  # stands for the profiled agent's file in PARTS
+PARTS = {  # part: (file name ending, function name) of the functions whose cumulative time it sums
+    "emulator": [("atari_preprocessing.py", "step"), ("vector_env.py", "recv")],
+    "act": [("profile_loop.py", "act_step")],
+    "update": [("profile_loop.py", "update_step")],
+    "replay": [(AGENT_FILE, "start_rows"), (AGENT_FILE, "finish_rows"), (AGENT_FILE, "flush")],
+}
+
+
+def run_args(agent, name: str, opts, device: str):
+    """The agent's Args for a run whose first iteration is `opts.warmup` steps and whose rest,
+    `opts.steps` steps, is profiled; the fast path on a GPU, a tiny network on the CPU."""
+    fast = dict(compile=True, cudagraphs=True, torch_deterministic=False) if device == "cuda" else {}
+    tiny = dict(encoder="impala", impala_channels=(4, 8, 8), expert_hidden=16, batch_size=8) if opts.quick else {}
+    common = dict(env_id=opts.env_id, device=device, log_every=10**9, iteration_steps=opts.warmup, **fast, **tiny)
+    total = opts.warmup + opts.steps
+    if name in ("der", "drq"):
+        return agent.Args(**common, total_steps=total, eval_episodes=0, min_replay_history=min(1600, opts.warmup // 2))
+    return agent.Args(**common, total_frames=4 * total, num_envs=opts.num_envs, min_replay_history=opts.warmup // 2,
+                      epsilon_decay_steps=1, buffer_size=opts.buffer_size)
+
+
+def profile_run(agent, args) -> tuple[pstats.Stats, float, int]:
+    """Runs agent.main(args) and profiles it from the first iteration's record to the end.
+    Returns the statistics, the profiled seconds and the profiled agent steps."""
+    profiler, window = cProfile.Profile(), {}
+    make_update, make_act, record = agent.make_update_step, agent.make_act_step, agent.RunLogger.record
+
+    def make_update_step(*a, **k):  # a named function per call site, so that cProfile tells them apart
+        step = make_update(*a, **k)
+
+        def update_step():
+            return step()
+        return update_step
+
+    def make_act_step(*a, **k):
+        step = make_act(*a, **k)
+
+        def act_step():
+            return step()
+        return act_step
+
+    def recording(self, rec: dict) -> None:
+        if rec.get("iteration") == 0:
+            window["start"] = (rec["step"], time.perf_counter())
+            profiler.enable()
+        elif rec.get("final") and "start" in window:
+            profiler.disable()
+            window["end"] = (rec["step"], time.perf_counter())
+        record(self, rec)
+
+    agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update_step, make_act_step, recording
+    try:
+        agent.main(args)
+    finally:
+        agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update, make_act, record
+    (first, t0), (last, t1) = window["start"], window["end"]
+    return pstats.Stats(profiler), t1 - t0, last - first
+
+
+def parts_per_step(stats: pstats.Stats, seconds: float, steps: int, agent_file: str) -> dict:
+    """Microseconds per agent step of each part (cumulative time of its functions), and the rest."""
+    out = {}
+    for part, functions in PARTS.items():
+        functions = [(agent_file if end == AGENT_FILE else end, name) for end, name in functions]
+        total = sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
+                    if any(path.endswith(end) and func == name for end, name in functions))
+        out[part] = 1e6 * total / steps
+    out["other"] = 1e6 * seconds / steps - sum(out.values())
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agent", choices=list(AGENTS), default="drq")
+    parser.add_argument("--env-id", default="Pong")
+    parser.add_argument("--steps", type=int, default=10_000, help="agent steps profiled, after the first iteration")
+    parser.add_argument("--warmup", type=int, default=10_000, help="agent steps of the first iteration (not profiled)")
+    parser.add_argument("--num-envs", type=int, default=1, help="DQN and Rainbow only")
+    parser.add_argument("--buffer-size", type=int, default=1_000_000, help="DQN and Rainbow only")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU, a few hundred steps")
+    parser.add_argument("--out", default=None)
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.steps, opts.warmup, opts.buffer_size = 100, 100, 2_000
+    device = "cuda" if torch.cuda.is_available() and not opts.quick else "cpu"
+    agent = importlib.import_module(AGENTS[opts.agent])
+    args = run_args(agent, opts.agent, opts, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        stats, seconds, steps = profile_run(agent, dataclasses.replace(args, runs_dir=tmp))
+    parts = parts_per_step(stats, seconds, steps, os.path.basename(agent.__file__))
+    result = {"agent": opts.agent, "env_id": opts.env_id, "num_envs": opts.num_envs, "device":
+              torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "profiled_steps": steps, "profiled_seconds": seconds,
+              "agent_steps_per_s_profiled": steps / seconds, "us_per_agent_step": parts}
+    print(f"{opts.agent} on {result['device']}: {steps:,} agent steps profiled, {steps / seconds:.0f} steps/s under cProfile")
+    for part, us in parts.items():
+        print(f"  {part:9s} {us:8.1f} us per agent step")
+    if opts.out:
+        os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
+        with open(opts.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {opts.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ Nature CNN encoder and 4 experts. Figures 12 and 16 train for 50M frames: `--lon
 
     python der_moe_atari100k.py --env-id Breakout --moe soft --num-experts 4
     python der_moe_atari100k.py --env-id Breakout --moe none                       # baseline
+    python der_moe_atari100k.py --env-id Breakout --num-envs 4    # 4 emulators stepped together (not the protocol)
     python der_moe_atari100k.py --env-id Breakout --encoder impala --long-schedule # figure 16
     python der_moe_atari100k.py --help
 """
@@ -81,6 +82,9 @@ class Args:
     """each episode starts with 0..max_noops-1 random NOOP actions (the official 100k runner)"""
     max_episode_frames: int = 108_000
     """frames after which an episode is truncated (27,000 agent steps)"""
+    num_envs: int = 1
+    """environments stepped together (ale-py's threaded vector env when above 1); --total-steps
+    counts the agent steps of all of them and the updates stay per agent step; 1 is the protocol"""
     total_steps: int = 100_000
     """agent steps of training (100k = 400k frames)"""
     iteration_steps: int = 10_000
@@ -260,11 +264,13 @@ class AtariEnvs:
             self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, min(num_envs, os.cpu_count() or 1))
             self.num_actions = int(self.env.single_action_space.n)
         self.ended = np.zeros(num_envs, dtype=bool)  # the last step ended the episode: the next call restarts
+        self.lives = np.zeros(num_envs, dtype=np.int64)  # each game's lives after the last call
         self.action = 0
 
     def reset(self, seed: Optional[int] = None) -> np.ndarray:
         self.ended[:] = False
-        obs, _ = self.env.reset(seed=seed)
+        obs, info = self.env.reset(seed=seed)
+        self.lives[:] = info["lives"]
         return obs[None] if self.num_envs == 1 else obs[:, -1]
 
     def send(self, actions: np.ndarray) -> None:
@@ -275,15 +281,16 @@ class AtariEnvs:
 
     def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self.num_envs > 1:
-            obs, reward, terminated, truncated, _ = self.env.recv()
+            obs, reward, terminated, truncated, info = self.env.recv()
             frames, reward = obs[:, -1], reward.astype(np.float64)
         elif self.ended[0]:
-            obs, _ = self.env.reset()
+            obs, info = self.env.reset()
             frames, reward, terminated, truncated = obs[None], np.zeros(1), np.zeros(1, bool), np.zeros(1, bool)
         else:
-            obs, r, term, trunc, _ = self.env.step(self.action)
+            obs, r, term, trunc, info = self.env.step(self.action)
             frames, reward, terminated, truncated = obs[None], np.array([float(r)]), np.array([term]), np.array([trunc])
         self.ended = terminated | truncated
+        self.lives[:] = info["lives"]
         return frames, reward, terminated, truncated
 
     def state(self) -> Optional[dict]:
@@ -295,6 +302,7 @@ class AtariEnvs:
     def set_state(self, state: dict) -> None:
         set_env_state(self.env, state)
         self.ended[0] = state["ended"]
+        self.lives[0] = self.env.unwrapped.ale.lives()
 
     def close(self) -> None:
         self.env.close()
@@ -767,8 +775,10 @@ class FrameReplay:
     stack starts from zeros too). Each row is one agent step: the newest frame of s_t, a_t, the
     clipped r_t and whether the episode terminated after it. When an episode ends, one more row
     holds its final frame (no action), so truncated episodes bootstrap from their true last
-    state. n-step returns stop at episode ends. Rows are staged on the host and copied to the
-    device in one transfer per field (`flush`); sampling has no host synchronisation.
+    state. n-step returns stop at episode ends, and at a terminated row whose successor starts
+    the next episode directly (a lost life while the game goes on: `start_rows(starts=...)`).
+    Rows are staged on the host and copied to the device in one transfer per field (`flush`);
+    sampling has no host synchronisation.
 
     With K environments (`num_streams`), every vector step writes one row per environment, so
     row t*K + e is environment e's t-th row and an environment's next row is K rows on."""
@@ -816,12 +826,13 @@ class FrameReplay:
         self.start_rows(frames, actions, final)
         self.finish_rows(rewards, terminated)
 
-    def start_rows(self, frames, actions, final) -> None:
+    def start_rows(self, frames, actions, final, starts=None) -> None:
         """`add_rows` in two halves: the rows of a vector step before the emulators take it, then
         their rewards and terminations (`finish_rows`). No transition that can be sampled in
         between reads those two fields (the newest one ends n rows back), so the updates of
         this step may run while the emulators step and still see exactly what they would after
-        `add_rows`."""
+        `add_rows`. `starts` marks streams whose row starts an episode right after a terminated
+        row, with no final row between (a lost life: the game goes on)."""
         k = self.streams
         if self.num_staged + k > len(self.staged["frames"]):
             self.flush()
@@ -829,6 +840,8 @@ class FrameReplay:
             self.copy_done.synchronize()  # the last copy out of the staging area is over
         rows, st = slice(self.num_staged, self.num_staged + k), self.staged_np
         final = np.asarray(final, dtype=bool)
+        if starts is not None:
+            self.episode_step[np.asarray(starts, dtype=bool)] = 0
         st["frames"][rows] = frames
         st["actions"][rows] = np.where(final, 0, actions)
         st["rewards"][rows], st["terminated"][rows] = 0.0, False
@@ -930,7 +943,9 @@ class FrameReplay:
         n, cap, k_rows = self.n_step, self.capacity, self.streams
         ahead = torch.arange(n, device=self.device)
         later = rows.unsqueeze(1) + ahead * k_rows  # the stream's rows t .. t+n-1
-        ends = self.final[(later + k_rows) % cap]  # row t+j+1 is a final frame
+        # the episode ends after row t+j: row t+j+1 is a final frame, or row t+j terminated (the
+        # next row of a lost life's stream starts the next episode without a final frame)
+        ends = self.final[(later + k_rows) % cap] | self.terminated[later % cap]
         used = torch.cat([torch.ones_like(ends[:, :1]), (~ends[:, :-1]).cumprod(dim=1).bool()], dim=1)
         discounts = self.gamma ** ahead.to(torch.float32)
         ret = (self.rewards[later % cap] * discounts * used).sum(dim=1)
@@ -1492,17 +1507,16 @@ def validate_atari100k_args(args: Args) -> None:
             fail(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(args, name)})")
     if not 0.0 <= args.eval_epsilon <= 1.0:
         fail(f"--eval-epsilon must lie in [0, 1] (got {args.eval_epsilon})")
+    if args.num_envs < 1:
+        fail(f"--num-envs must be at least 1 (got {args.num_envs})")
+    if args.num_envs > 1 and args.capture_video:
+        fail("--capture-video records one environment: use it with --num-envs 1")
 
 
-def start_episode(env, rng: np.random.Generator, max_noops: int, seed: Optional[int] = None):
-    """Reset, then 0..max_noops-1 NOOP actions (action 0) that are not agent steps, as the
-    official runner's `_initialize_episode`."""
-    obs, info = env.reset(seed=seed)
-    for _ in range(int(rng.integers(max_noops)) if max_noops > 0 else 0):
-        obs, _, terminated, truncated, info = env.step(0)
-        if terminated or truncated:
-            obs, info = env.reset()
-    return obs, info
+def crossed(previous: int, step: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (previous, step]: with K environments the step count
+    advances by up to K at once."""
+    return every > 0 and step // every > previous // every
 
 
 def set_eval_noise(q_net: nn.Module, expert_noise: bool) -> None:
@@ -1573,24 +1587,31 @@ def main(args: Args) -> str:
     torch.manual_seed(args.seed)
     explore_rng = np.random.default_rng(args.seed)  # epsilon-greedy and no-op starts of training
 
-    env = make_env(env_id, args.seed, args.sticky_actions, args.max_episode_frames,
-                   os.path.join(run_dir, "videos") if args.capture_video else None)
-    num_actions = int(env.action_space.n)
+    envs = AtariEnvs(env_id, args.num_envs, args.seed, args.sticky_actions, args.max_episode_frames,
+                     os.path.join(run_dir, "videos") if args.capture_video else None)
+    num_actions, K = envs.num_actions, args.num_envs
     q_net = RainbowNetwork(args, num_actions).to(device, memory_format=memory_format(device))
     # a target synced at every step holds the weights the online network has when it is read
     target_net = q_net if args.target_update_period == 1 else copy.deepcopy(q_net).requires_grad_(False)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps,
                                  capturable=args.cudagraphs)
-    # a run writes at most one row per step plus one per episode end: a larger buffer never fills
-    capacity = min(args.buffer_size, 2 * args.total_steps + 8)
+    # a run writes a row per agent step plus one per episode end, and with K environments one per
+    # no-op of an episode's start too (a row per environment per vector step): a larger buffer never fills
+    capacity = min(args.buffer_size, (2 if K == 1 else 2 + args.max_noops) * args.total_steps + 8 * K)
     replay_class = PrioritizedFrameReplay if args.prioritized else FrameReplay
-    replay = replay_class(capacity, (84, 84), 4, args.n_step, args.gamma, device)
+    replay = replay_class(capacity, (84, 84), 4, args.n_step, args.gamma, device, num_streams=K)
     period, updates_per_period = updates_schedule(args)
+
+    def noop_starts(n: int) -> np.ndarray:
+        """0..max_noops-1 NOOP actions, not agent steps, to start each of n episodes (the official
+        runner's `_initialize_episode`)."""
+        return explore_rng.integers(args.max_noops, size=n) if args.max_noops > 0 else np.zeros(n, dtype=np.int64)
 
     # --- the loop's state, all of it in the checkpoint ---
     step, iteration = 0, 0
-    obs_stack = np.zeros((4, 84, 84), dtype=np.uint8)
-    episode_return, episode_length = 0.0, 0
+    obs_stacks = np.zeros((K, 4, 84, 84), dtype=np.uint8)  # each environment's frame stack, oldest first
+    episode_returns, episode_lengths = np.zeros(K), np.zeros(K, dtype=np.int64)
+    life_lost = np.zeros(K, dtype=bool)  # the last step lost a life: the next row starts the agent's next episode
     iteration_returns: list[float] = []
     last_eval_return = float("nan")
     recent_returns: deque = deque(maxlen=20)
@@ -1598,24 +1619,33 @@ def main(args: Args) -> str:
     loss_sum = torch.zeros((), device=device)  # summed on the device, read every --log-every steps
     loss_count, nonfinite = 0, torch.zeros((), dtype=torch.bool, device=device)
 
-    obs, info = start_episode(env, explore_rng, args.max_noops, seed=args.seed)
-    obs_stack[-1] = obs
-    lives = info["lives"]
+    obs_stacks[:, -1] = envs.reset(seed=args.seed)
+    noops_left = noop_starts(K)  # each environment's no-ops still to take before its episode starts
+    lives = envs.lives.copy()
     if checkpoint is not None:
         q_net.load_state_dict(checkpoint["q_net"])
         target_net.load_state_dict(checkpoint["target_net"])
         load_optimizer_state(optimizer, checkpoint["optimizer"], capturable=args.cudagraphs)
         replay.load_state_dict(checkpoint["replay"])
         loop = checkpoint["loop"]
+        if "obs_stacks" not in loop:
+            fail(f"{ckpt_path} was written by an earlier version of this file: resume it with that version")
         step, iteration = loop["step"], loop["iteration"]
-        obs_stack, lives = loop["obs_stack"], loop["lives"]
-        episode_return, episode_length = loop["episode_return"], loop["episode_length"]
+        obs_stacks, lives, noops_left, life_lost = loop["obs_stacks"], loop["lives"], loop["noops_left"], loop["life_lost"]
+        episode_returns, episode_lengths = loop["episode_returns"], loop["episode_lengths"]
         iteration_returns, recent_returns = loop["iteration_returns"], deque(loop["recent_returns"], maxlen=20)
         last_eval_return = loop["last_eval_return"]
         explore_rng.bit_generator.state = loop["explore_rng"]
-        set_env_state(env, loop["env"])
         set_rng_state(checkpoint["rng"])
         iteration_start = (loop["iteration_start_step"], time.time())
+        if K == 1:
+            envs.set_state(loop["env"])
+        else:  # the vector env cannot save its emulators: the episodes in progress end here, as truncated ones
+            replay.add_rows(obs_stacks[:, -1], np.zeros(K), np.zeros(K), np.zeros(K, bool), np.ones(K, bool))
+            obs_stacks[:] = 0
+            obs_stacks[:, -1] = envs.reset(seed=args.seed + step)
+            noops_left, life_lost, lives = noop_starts(K), np.zeros(K, dtype=bool), envs.lives.copy()
+            episode_returns[:], episode_lengths[:] = 0.0, 0
 
     logger = RunLogger(run_dir, args, resume_step=step)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -1623,9 +1653,9 @@ def main(args: Args) -> str:
 
     update_step = make_update_step(args, q_net, target_net, optimizer, replay,
                                    augment=drq_augment if args.data_augmentation else None)
-    act_input = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, device=device)
+    act_input = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, device=device)
     act_step = make_act_step(args, q_net, act_input)
-    act_host = torch.zeros((1, 4, 84, 84), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    act_host = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, pin_memory=device.type == "cuda")
     eval_input = torch.zeros((args.eval_episodes, 4, 84, 84), dtype=torch.uint8, device=device)
     eval_step = CapturedStep(torch.no_grad()(lambda: q_net(eval_input)[0].argmax(dim=1)), args.cudagraphs)
 
@@ -1633,11 +1663,12 @@ def main(args: Args) -> str:
         return {
             "args": dataclasses.asdict(args), "q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
             "optimizer": optimizer.state_dict(), "replay": replay.state_dict(), "rng": rng_state(),
-            "loop": {"step": step, "iteration": iteration, "obs_stack": obs_stack.copy(), "lives": lives,
-                     "episode_return": episode_return, "episode_length": episode_length,
+            "loop": {"step": step, "iteration": iteration, "obs_stacks": obs_stacks.copy(), "lives": lives.copy(),
+                     "noops_left": noops_left.copy(), "life_lost": life_lost.copy(),
+                     "episode_returns": episode_returns.copy(), "episode_lengths": episode_lengths.copy(),
                      "iteration_returns": list(iteration_returns), "recent_returns": list(recent_returns),
                      "last_eval_return": last_eval_return,
-                     "explore_rng": explore_rng.bit_generator.state, "env": get_env_state(env),
+                     "explore_rng": explore_rng.bit_generator.state, "env": envs.state(),
                      "iteration_start_step": iteration_start[0]},
         }
 
@@ -1662,26 +1693,27 @@ def main(args: Args) -> str:
               f"({time.time() - start:.0f} s)", flush=True)
         return mean
 
-    sps_mark = (step, time.time())
-    print(f"{'resuming' if checkpoint else 'training'} {env_id} ({num_actions} actions) on {device}: "
-          f"{sum(p.numel() for p in q_net.parameters()):,} parameters, run folder {run_dir}", flush=True)
-    while step < args.total_steps:
-        # --- act: epsilon-greedy on the current stack ---
-        epsilon = 0.0 if args.noisy else linearly_decaying_epsilon(step, args.min_replay_history, args.epsilon_decay_steps,
-                                                                   args.epsilon_train)
-        if explore_rng.random() < epsilon:
-            action = int(explore_rng.integers(num_actions))
-        else:
-            act_host.copy_(torch.from_numpy(obs_stack).unsqueeze(0))
+    def choose_actions(epsilon: float, acting: np.ndarray) -> np.ndarray:
+        """Epsilon-greedy for the environments taking an agent step (the greedy actions in one
+        batched forward pass), NOOP for the others."""
+        explore = explore_rng.random(K) < epsilon
+        actions = np.zeros(K, dtype=np.int64)
+        greedy = acting & ~explore
+        if greedy.any():
+            act_host.copy_(torch.from_numpy(obs_stacks))
             act_input.copy_(act_host, non_blocking=True)
-            action = int(act_step().item())
-        replay.start_rows(obs_stack[-1:], [action], [False])
+            actions[greedy] = act_step().cpu().numpy()[greedy]
+        randomly = acting & explore
+        if randomly.any():
+            actions[randomly] = explore_rng.integers(num_actions, size=int(randomly.sum()))
+        return actions
 
-        # --- learn (Dopamine: after the transition is stored, once the replay holds enough). The GPU
-        # learns while the emulator steps: these updates read no reward or termination of this
-        # step, so they are exactly the updates after it is stored (FrameReplay.start_rows) ---
-        if step >= args.min_replay_history:
-            if step % period == 0:
+    def learn(first: int, last: int) -> None:
+        """The updates and target copies due at agent steps first .. last-1 (Dopamine: once the
+        replay holds --min-replay-history steps, every `period` steps, after the step is stored)."""
+        nonlocal loss_sum, loss_count, nonfinite
+        for s in range(max(first, args.min_replay_history), last):
+            if s % period == 0:
                 replay.flush()
                 if replay.can_sample():
                     for _ in range(updates_per_period):
@@ -1689,36 +1721,57 @@ def main(args: Args) -> str:
                         loss_sum += loss
                         nonfinite |= ~torch.isfinite(loss)
                         loss_count += 1
-            if target_net is not q_net and step % args.target_update_period == 0:
+            if target_net is not q_net and s % args.target_update_period == 0:
                 target_net.load_state_dict(q_net.state_dict())
 
-        obs, reward, terminated, truncated, info = env.step(action)
-        life_lost = args.terminal_on_life_loss and info["lives"] < lives and not (terminated or truncated)
-        lives = info["lives"]
-        replay.finish_rows([max(-1.0, min(1.0, float(reward)))], [bool(terminated) or life_lost])  # clipped
-        episode_return += float(reward)
-        episode_length += 1
-        obs_stack[:-1] = obs_stack[1:]
-        obs_stack[-1] = obs
-        if terminated or truncated:
-            replay.add_final(obs)
-            iteration_returns.append(episode_return)
-            recent_returns.append(episode_return)
-            logger.scalars({"episodic_return": episode_return, "episodic_length": episode_length}, step, "charts/")
-            episode_return, episode_length = 0.0, 0
-            obs, info = start_episode(env, explore_rng, args.max_noops)
-            lives = info["lives"]
-            obs_stack = np.zeros_like(obs_stack)
-            obs_stack[-1] = obs
-        elif life_lost:  # the agent's episode ends, the game goes on (Dopamine's terminal_on_life_loss)
-            replay.add_final(obs)
-            obs_stack = np.zeros_like(obs_stack)
-            obs_stack[-1] = obs
-
-        step += 1
+    sps_mark = (step, time.time())
+    print(f"{'resuming' if checkpoint else 'training'} {env_id} ({num_actions} actions, {K} env{'s' * (K > 1)}) on {device}: "
+          f"{sum(p.numel() for p in q_net.parameters()):,} parameters, run folder {run_dir}", flush=True)
+    while step < args.total_steps:
+        # --- act: epsilon-greedy where an agent step is due; an environment whose episode ended
+        # restarts instead (its row holds the frame the episode ended on), one in its episode's
+        # no-op start takes a NOOP ---
+        epsilon = 0.0 if args.noisy else linearly_decaying_epsilon(step, args.min_replay_history, args.epsilon_decay_steps,
+                                                                   args.epsilon_train)
+        restarting = envs.ended.copy()
+        nooping = ~restarting & (noops_left > 0)
+        acting = ~restarting & ~nooping
+        actions = choose_actions(epsilon, acting)
+        steps_now = int(acting.sum())
+        # one environment stores no row for a no-op; K of them keep a row each per vector step
+        # (FrameReplay), a final row that no transition reads
+        stored = K > 1 or not nooping[0]
+        if stored:
+            replay.start_rows(obs_stacks[:, -1], actions, ~acting, starts=life_lost)
+        envs.send(actions)
+        # the GPU learns while the emulators step; these updates read no reward or termination of this step,
+        # so they are exactly Dopamine's updates after the step is stored (FrameReplay.start_rows)
+        learn(step, step + steps_now)
+        frames, rewards, terminated, truncated = envs.recv()
+        ended = terminated | truncated
+        # a lost life ends the agent's episode, not the game (Dopamine's terminal_on_life_loss)
+        life_lost = acting & ~ended & (envs.lives < lives) & args.terminal_on_life_loss
+        lives = envs.lives.copy()
+        if stored:
+            replay.finish_rows(np.clip(rewards, -1.0, 1.0), terminated | life_lost)  # final rows keep 0
+        obs_stacks[:, :-1] = obs_stacks[:, 1:]
+        obs_stacks[:, -1] = frames
+        obs_stacks[~acting | life_lost, :-1] = 0  # a new game, a no-op or a lost life: a fresh stack
+        episode_returns += np.where(acting, rewards, 0.0)
+        episode_lengths += acting
+        noops_left -= nooping
+        noops_left[restarting] = noop_starts(int(restarting.sum()))
+        for e in np.flatnonzero(ended & acting):
+            iteration_returns.append(float(episode_returns[e]))
+            recent_returns.append(float(episode_returns[e]))
+            logger.scalars({"episodic_return": float(episode_returns[e]), "episodic_length": int(episode_lengths[e])},
+                           step, "charts/")
+            episode_returns[e], episode_lengths[e] = 0.0, 0
+        previous, step = step, step + steps_now
+        done = step >= args.total_steps
 
         # --- logging, iterations, evaluations, checkpoints ---
-        if step % args.log_every == 0 or step == args.total_steps:
+        if crossed(previous, step, args.log_every) or done:
             stop_if_nonfinite()
             now = time.time()
             sps = (step - sps_mark[0]) / max(now - sps_mark[1], 1e-9)
@@ -1732,7 +1785,7 @@ def main(args: Args) -> str:
             recent = float(np.mean(recent_returns)) if recent_returns else float("nan")
             print(f"step {step:>10,}/{args.total_steps:,} | {sps:7.1f} steps/s | return(last {len(recent_returns)}) "
                   f"{recent:8.2f} | loss {values.get('td_loss', float('nan')):.5f} | eps {epsilon:.3f}", flush=True)
-        if step % args.iteration_steps == 0 or step == args.total_steps:
+        if crossed(previous, step, args.iteration_steps) or done:
             stop_if_nonfinite()
             record = {"iteration": iteration, "step": step, "frames": 4 * step,
                       "episode_return": float(np.mean(iteration_returns)) if iteration_returns else float("nan"),
@@ -1749,13 +1802,13 @@ def main(args: Args) -> str:
             iteration += 1
             iteration_returns = []
             iteration_start = (step, time.time())
-        if args.eval_episodes and ((args.eval_every and step % args.eval_every == 0) or step == args.total_steps):
+        if args.eval_episodes and ((args.eval_every and crossed(previous, step, args.eval_every)) or done):
             eval_start = time.time()
             last_eval_return = run_evaluation()
             eval_seconds = time.time() - eval_start  # kept out of the training steps/s
             sps_mark = (sps_mark[0], sps_mark[1] + eval_seconds)
             iteration_start = (iteration_start[0], iteration_start[1] + eval_seconds)
-        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
+        if (args.checkpoint_every and crossed(previous, step, args.checkpoint_every)) or done:
             stop_if_nonfinite()
             save_checkpoint(ckpt_path, checkpoint_state())
 
@@ -1763,7 +1816,7 @@ def main(args: Args) -> str:
                    "agent": AGENT, "moe": args.moe, "num_experts": args.num_experts, "seed": args.seed,
                    "eval_return": last_eval_return, "score": last_eval_return})
     logger.close()
-    env.close()
+    envs.close()
     print(f"done: {step:,} agent steps; evaluation return {last_eval_return:.2f}; summary in {logger.summary_path}",
           flush=True)
     return run_dir

@@ -242,11 +242,13 @@ class AtariEnvs:
             self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, min(num_envs, os.cpu_count() or 1))
             self.num_actions = int(self.env.single_action_space.n)
         self.ended = np.zeros(num_envs, dtype=bool)  # the last step ended the episode: the next call restarts
+        self.lives = np.zeros(num_envs, dtype=np.int64)  # each game's lives after the last call
         self.action = 0
 
     def reset(self, seed: Optional[int] = None) -> np.ndarray:
         self.ended[:] = False
-        obs, _ = self.env.reset(seed=seed)
+        obs, info = self.env.reset(seed=seed)
+        self.lives[:] = info["lives"]
         return obs[None] if self.num_envs == 1 else obs[:, -1]
 
     def send(self, actions: np.ndarray) -> None:
@@ -257,15 +259,16 @@ class AtariEnvs:
 
     def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self.num_envs > 1:
-            obs, reward, terminated, truncated, _ = self.env.recv()
+            obs, reward, terminated, truncated, info = self.env.recv()
             frames, reward = obs[:, -1], reward.astype(np.float64)
         elif self.ended[0]:
-            obs, _ = self.env.reset()
+            obs, info = self.env.reset()
             frames, reward, terminated, truncated = obs[None], np.zeros(1), np.zeros(1, bool), np.zeros(1, bool)
         else:
-            obs, r, term, trunc, _ = self.env.step(self.action)
+            obs, r, term, trunc, info = self.env.step(self.action)
             frames, reward, terminated, truncated = obs[None], np.array([float(r)]), np.array([term]), np.array([trunc])
         self.ended = terminated | truncated
+        self.lives[:] = info["lives"]
         return frames, reward, terminated, truncated
 
     def state(self) -> Optional[dict]:
@@ -277,6 +280,7 @@ class AtariEnvs:
     def set_state(self, state: dict) -> None:
         set_env_state(self.env, state)
         self.ended[0] = state["ended"]
+        self.lives[0] = self.env.unwrapped.ale.lives()
 
     def close(self) -> None:
         self.env.close()
@@ -749,8 +753,10 @@ class FrameReplay:
     stack starts from zeros too). Each row is one agent step: the newest frame of s_t, a_t, the
     clipped r_t and whether the episode terminated after it. When an episode ends, one more row
     holds its final frame (no action), so truncated episodes bootstrap from their true last
-    state. n-step returns stop at episode ends. Rows are staged on the host and copied to the
-    device in one transfer per field (`flush`); sampling has no host synchronisation.
+    state. n-step returns stop at episode ends, and at a terminated row whose successor starts
+    the next episode directly (a lost life while the game goes on: `start_rows(starts=...)`).
+    Rows are staged on the host and copied to the device in one transfer per field (`flush`);
+    sampling has no host synchronisation.
 
     With K environments (`num_streams`), every vector step writes one row per environment, so
     row t*K + e is environment e's t-th row and an environment's next row is K rows on."""
@@ -798,12 +804,13 @@ class FrameReplay:
         self.start_rows(frames, actions, final)
         self.finish_rows(rewards, terminated)
 
-    def start_rows(self, frames, actions, final) -> None:
+    def start_rows(self, frames, actions, final, starts=None) -> None:
         """`add_rows` in two halves: the rows of a vector step before the emulators take it, then
         their rewards and terminations (`finish_rows`). No transition that can be sampled in
         between reads those two fields (the newest one ends n rows back), so the updates of
         this step may run while the emulators step and still see exactly what they would after
-        `add_rows`."""
+        `add_rows`. `starts` marks streams whose row starts an episode right after a terminated
+        row, with no final row between (a lost life: the game goes on)."""
         k = self.streams
         if self.num_staged + k > len(self.staged["frames"]):
             self.flush()
@@ -811,6 +818,8 @@ class FrameReplay:
             self.copy_done.synchronize()  # the last copy out of the staging area is over
         rows, st = slice(self.num_staged, self.num_staged + k), self.staged_np
         final = np.asarray(final, dtype=bool)
+        if starts is not None:
+            self.episode_step[np.asarray(starts, dtype=bool)] = 0
         st["frames"][rows] = frames
         st["actions"][rows] = np.where(final, 0, actions)
         st["rewards"][rows], st["terminated"][rows] = 0.0, False
@@ -912,7 +921,9 @@ class FrameReplay:
         n, cap, k_rows = self.n_step, self.capacity, self.streams
         ahead = torch.arange(n, device=self.device)
         later = rows.unsqueeze(1) + ahead * k_rows  # the stream's rows t .. t+n-1
-        ends = self.final[(later + k_rows) % cap]  # row t+j+1 is a final frame
+        # the episode ends after row t+j: row t+j+1 is a final frame, or row t+j terminated (the
+        # next row of a lost life's stream starts the next episode without a final frame)
+        ends = self.final[(later + k_rows) % cap] | self.terminated[later % cap]
         used = torch.cat([torch.ones_like(ends[:, :1]), (~ends[:, :-1]).cumprod(dim=1).bool()], dim=1)
         discounts = self.gamma ** ahead.to(torch.float32)
         ret = (self.rewards[later % cap] * discounts * used).sum(dim=1)

@@ -63,20 +63,97 @@ def test_drq_end_to_end_target_is_online_network(tmp_path):
 
 @pytest.mark.parametrize("life_loss", [True, False])
 def test_life_loss_ends_the_agents_episode_not_the_game(tmp_path, life_loss):
-    """With --terminal-on-life-loss (default) every lost life writes a terminal transition and a
-    final frame while the game goes on: the replay holds several final rows per game (Breakout has
-    5 lives) while episodes count game overs. Without it, one final row per game."""
+    """With --terminal-on-life-loss (default) every lost life writes a terminal transition while
+    the game goes on, and the next row starts the agent's next episode (a fresh stack, ep_pos 0)
+    without a final row: the replay holds several terminal rows per game (Breakout has 5 lives)
+    and a final row per game over. Without it, one terminal row per game."""
     flag = [] if life_loss else ["--no-terminal-on-life-loss"]
     run_dir = finished_run(DRQ, ["--total-steps", "600", "--eval-episodes", "0", "--min-replay-history", "600", *flag],
                            tmp_path)
     episodes = sum(r["episodes"] for r in records(run_dir) if "iteration" in r)
     replay = checkpoint(run_dir)["replay"]
-    finals, terminals = int(replay["final"].sum()), int(replay["terminated"].sum())
-    assert episodes >= 1
+    final, terminated, ep_pos = replay["final"], replay["terminated"], replay["ep_pos"]
+    finals, terminals = int(final.sum()), int(terminated.sum())
+    assert episodes >= 1 and episodes - 1 <= finals <= episodes  # the last game over may not be restarted yet
     if life_loss:
-        assert finals >= 3 * episodes and terminals >= 3 * episodes
+        assert terminals >= 3 * episodes
+        lost = terminated[:-1] & ~final[1:]  # a terminal row the game goes on from
+        assert int(lost.sum()) >= 2 * episodes and (ep_pos[1:][lost] == 0).all()
     else:
-        assert finals == episodes and terminals == episodes
+        assert episodes - 1 <= terminals <= episodes
+
+
+def test_games_start_with_noops_that_are_not_agent_steps(tmp_path, monkeypatch):
+    """Every game starts with 0..max_noops-1 NOOPs of the emulator (4 frames each) before the
+    agent's first step; with one environment they store no replay row and count no agent step.
+    Seen from the replay: the first row of each game is written when the emulator's episode frame
+    number is 4 x the no-ops, and the rows are the agent steps plus a final row per game over."""
+    import drq_moe_atari100k as drq
+
+    envs, first_frames, previous_final = [], [], [True]
+    init, start_rows = drq.AtariEnvs.__init__, drq.FrameReplay.start_rows
+
+    def recording_init(self, *a, **k):
+        init(self, *a, **k)
+        envs.append(self)
+
+    def recording_start_rows(self, frames, actions, final, starts=None):
+        if previous_final[0] and not final[0]:  # the first agent step of a game
+            first_frames.append(envs[0].env.unwrapped.ale.getEpisodeFrameNumber())
+        previous_final[0] = bool(final[0])
+        start_rows(self, frames, actions, final, starts)
+
+    monkeypatch.setattr(drq.AtariEnvs, "__init__", recording_init)
+    monkeypatch.setattr(drq.FrameReplay, "start_rows", recording_start_rows)
+    args = drq.Args(env_id="Breakout", device="cpu", runs_dir=str(tmp_path), encoder="impala", impala_channels=(4, 8, 8),
+                    expert_hidden=16, num_experts=2, batch_size=8, total_steps=1200, min_replay_history=1200,
+                    iteration_steps=600, eval_episodes=0, max_episode_frames=400, log_every=10**9)
+    drq.main(args)
+    games = len(first_frames)
+    assert games >= 8  # 100 agent steps at most per game
+    assert all(f % 4 == 0 and f // 4 < 30 for f in first_frames) and len({f // 4 for f in first_frames}) >= 3
+    replay = checkpoint(only_run_dir(tmp_path))["replay"]
+    assert replay["added"] == 1200 + int(replay["final"].sum()) and int(replay["final"].sum()) in (games - 1, games)
+
+
+def test_k_envs_keep_the_updates_per_agent_step(tmp_path):
+    """With 3 environments, DrQ(eps) makes the updates and the iterations of a one-environment
+    run of the same length (one update per agent step after --min-replay-history); the replay
+    holds a row per environment per vector step: the agent steps, a final row per game over and
+    one per no-op of a game's start."""
+    counts, steps = {}, {}
+    for k in (1, 3):
+        run_dir = finished_run(DRQ, ["--total-steps", "300", "--eval-episodes", "0", "--max-episode-frames", "200",
+                                     "--num-envs", str(k)], tmp_path / f"k{k}")
+        ckpt, recs = checkpoint(run_dir), records(run_dir)
+        counts[k] = int(next(iter(ckpt["optimizer"]["state"].values()))["step"])
+        steps[k] = recs[-1]["step"]
+        iterations = [r["step"] for r in recs if "iteration" in r]
+        assert len(iterations) == 3 and all(0 <= s - 100 * (i + 1) < k for i, s in enumerate(iterations))
+        replay = ckpt["replay"]
+        agent_rows = int((~replay["final"][:replay["added"]]).sum())
+        assert replay["streams"] == k and replay["added"] % k == 0 and agent_rows == steps[k]
+        if k == 3:
+            assert sum(r["episodes"] for r in recs if "iteration" in r) >= 3  # games of 50 steps at most
+    assert steps[1] == 300 and 300 <= steps[3] < 303
+    assert counts[1] == 200 and counts[3] == steps[3] - 100
+
+
+def test_k_envs_resume_after_sigkill(tmp_path):
+    """A killed 2-environment run resumes from its checkpoint: the games in progress end as
+    truncated ones (the vector env cannot save its emulators), every iteration is recorded once,
+    and the run makes one update per agent step after --min-replay-history."""
+    script, flags = DRQ
+    flags = [*flags, "--total-steps", "400", "--num-envs", "2", "--checkpoint-every", "100", "--eval-episodes", "0"]
+    killed = kill_after_first_checkpoint(script, flags, tmp_path / "killed", latest_step=300)
+    before = checkpoint(killed)["loop"]["step"]
+    resumed = run(script, [*flags, "--resume", killed], tmp_path / "unused")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["iteration"] for r in records(killed) if "iteration" in r] == [0, 1, 2, 3]
+    ckpt = checkpoint(killed)
+    final = ckpt["loop"]["step"]
+    assert 400 <= final < 402 and final > before
+    assert int(next(iter(ckpt["optimizer"]["state"].values()))["step"]) == final - 100
 
 
 def test_periodic_evaluation_leaves_training_unchanged(tmp_path):
@@ -137,6 +214,8 @@ def test_long_schedule_sets_50m_frames(tmp_path):
     (["--max-noops", "-3"], "--max-noops"),
     (["--total-steps", "0"], "--total-steps"),
     (["--env-id", "Breakoutt"], "unknown game"),
+    (["--num-envs", "0"], "--num-envs"),
+    (["--num-envs", "2", "--capture-video"], "--capture-video"),
 ])
 def test_bad_flags(tmp_path, flags, needle):
     assert_one_line_error(run("drq_moe_atari100k.py", flags, tmp_path, timeout=60), needle)

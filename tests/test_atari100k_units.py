@@ -391,66 +391,7 @@ def test_ten_step_returns_at_episode_ends():
 
 
 # ------------------------------------------------------------------------------------------
-# 7. no-op starts
-# ------------------------------------------------------------------------------------------
-class CountingEnv:
-    """reset/step recorder; obs is the number of calls so far, an episode terminates every
-    `terminate_every` steps."""
-
-    def __init__(self, terminate_every=None):
-        self.calls, self.steps, self.since_reset, self.seeds = 0, [], 0, []
-        self.terminate_every = terminate_every
-
-    def reset(self, seed=None):
-        self.calls += 1
-        self.seeds.append(seed)
-        self.since_reset = 0
-        return self.calls, {"lives": 5, "call": self.calls}
-
-    def step(self, action):
-        self.calls += 1
-        self.steps.append(action)
-        self.since_reset += 1
-        term = self.terminate_every is not None and self.since_reset % self.terminate_every == 0
-        return self.calls, 0.0, term, False, {"lives": 5, "call": self.calls}
-
-
-def test_start_episode_noop_count():
-    """max_noops=30: one reset (with the seed given) then k NOOPs (action 0), k drawn from
-    0..29: every value occurs over 3000 episodes and 30 never does; the obs and info returned
-    are the last ones. max_noops=0: a reset and no step."""
-    rng = np.random.default_rng(0)
-    counts = []
-    for i in range(3000):
-        env = CountingEnv()
-        obs, info = drq.start_episode(env, rng, 30, seed=i if i % 2 else None)
-        assert env.seeds == [i if i % 2 else None]
-        assert set(env.steps) <= {0}
-        assert obs == info["call"] == env.calls
-        counts.append(len(env.steps))
-    assert sorted(set(counts)) == list(range(30))
-    env = CountingEnv()
-    for _ in range(50):
-        drq.start_episode(env, rng, 0)
-    assert env.steps == [] and env.calls == 50
-
-
-def test_start_episode_resets_when_noops_end_the_episode():
-    """An episode that ends during the no-ops is reset (without a seed) and the no-ops go on."""
-    rng = np.random.default_rng(1)
-    seen = set()
-    for _ in range(300):
-        env = CountingEnv(terminate_every=7)
-        obs, info = drq.start_episode(env, rng, 30, seed=3)
-        k = len(env.steps)
-        assert env.seeds == [3] + [None] * (k // 7)
-        assert obs == info["call"] == env.calls
-        seen.add(k // 7)
-    assert {0, 1, 2, 3, 4} <= seen
-
-
-# ------------------------------------------------------------------------------------------
-# 8. evaluation on a real game
+# 7. evaluation on a real game
 # ------------------------------------------------------------------------------------------
 class FixedPolicy:
     """eval_step: records the stacks it is shown and returns a fixed action for each env."""
@@ -504,7 +445,7 @@ def test_evaluate_epsilon_draws_from_the_rng():
 
 
 # ------------------------------------------------------------------------------------------
-# 9. protocol flags
+# 8. protocol flags
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [
     ("eval_episodes", -1), ("eval_every", -5), ("max_noops", -1), ("eval_epsilon", -0.01), ("eval_epsilon", 1.5),

@@ -236,7 +236,8 @@ def test_k_envs_resume_after_sigkill(tmp_path):
 
 
 AUDITED = [("dqn_moe_atari", dict(num_envs=1)), ("dqn_moe_atari", dict(num_envs=4)),
-           ("rainbow_moe_atari", dict(num_envs=1, num_atoms=11)), ("der_moe_atari100k", {}), ("drq_moe_atari100k", {})]
+           ("rainbow_moe_atari", dict(num_envs=1, num_atoms=11)), ("der_moe_atari100k", {}), ("drq_moe_atari100k", {}),
+           ("drq_moe_atari100k", dict(num_envs=3))]
 
 
 @pytest.mark.parametrize("module_name, extra", AUDITED)
@@ -250,8 +251,8 @@ def test_updates_during_a_step_read_no_outcome_of_it(tmp_path, monkeypatch, modu
     replay_class, audit = agent.FrameReplay, {"open": False, "during": 0}
     start_rows, finish_rows, gather = replay_class.start_rows, replay_class.finish_rows, replay_class.gather
 
-    def audited_start(self, *a):
-        start_rows(self, *a)
+    def audited_start(self, *a, **k):
+        start_rows(self, *a, **k)
         audit["open"] = True
 
     def audited_finish(self, *a):

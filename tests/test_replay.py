@@ -269,3 +269,29 @@ def test_flush_writes_rows_where_row_by_row_writes_would(prioritized):
             assert replay.rewards[at] == reward and bool(replay.terminated[at]) == term, (chunk, r)
             if prioritized:
                 assert replay.priorities[at] == (2.0 if r >= len(rows) - chunk else 0.25), (chunk, r)
+
+
+def test_a_lost_life_ends_the_episode_without_a_final_row():
+    """A terminated row followed by a row that starts the next episode (`start_rows(starts=...)`,
+    a lost life while the game goes on): n-step returns stop at the terminated row with discount
+    0, and the new episode's stacks begin from zeros, as after a final row."""
+    n = 3
+    replay = dqn.FrameReplay(50, (2, 2), n_step=n, gamma=GAMMA)
+    rewards = [1.0, -1.0, 0.5, 2.0, 1.0, -0.5, 1.0, 1.0, 0.0, 1.0]
+    life_lost_at = 3
+    for row, reward in enumerate(rewards):
+        replay.start_rows(frame(row)[None], [row % 5], [False], starts=[row == life_lost_at + 1])
+        replay.finish_rows([reward], [row == life_lost_at])
+    replay.flush()
+    starts = torch.arange(0, len(rewards) - n)
+    b = replay.gather(starts)
+    for i, r in enumerate(starts.tolist()):
+        stop = life_lost_at if r <= life_lost_at else len(rewards)
+        k = min(n, stop - r + 1)
+        expected = sum(GAMMA ** j * rewards[r + j] for j in range(k))
+        assert b["return"][i].item() == pytest.approx(expected, abs=1e-6), r
+        assert b["discount"][i].item() == pytest.approx(0.0 if r + k - 1 == life_lost_at else GAMMA ** k), r
+        first_of_episode = 0 if r <= life_lost_at else life_lost_at + 1
+        for back in range(4):  # the stack's frames from before its episode are zeros
+            shown = b["obs"][i, 3 - back, 0, 0].item()
+            assert shown == (value(r - back) if r - back >= first_of_episode else 0), (r, back)

@@ -4,6 +4,7 @@ sharing one GPU, and the training steps/s of the eager path. Prints a table and 
 number to a JSON file.
 
     python benchmark/bench_atari100k.py --out benchmark/results/atari100k_speed.json
+    python benchmark/bench_atari100k.py --parts alone --pairs drq:softmoe4 --num-envs 4   # K environments per run
     python benchmark/bench_atari100k.py --quick      # CPU smoke: tiny network, a few hundred steps
 
 Each run is a separate process started as a user starts it; a run's time is its wall clock from
@@ -72,9 +73,10 @@ def main():
     parser.add_argument("--parallel", default="1,8", help="numbers of runs sharing the GPU (captured; the pairs in turn)")
     parser.add_argument("--parts", default="eager,alone,parallel")
     parser.add_argument("--pairs", default="", help="only these agent:config pairs, e.g. der:softmoe4,drq:baseline")
+    parser.add_argument("--num-envs", type=int, default=1, help="environments per run (1: the protocol)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke test")
     opts = parser.parse_args()
-    base = ["--env-id", opts.env_id] + (QUICK if opts.quick else [])
+    base = ["--env-id", opts.env_id, "--num-envs", str(opts.num_envs)] + (QUICK if opts.quick else [])
     steps, eager_steps = (150, 150) if opts.quick else (opts.steps, opts.eager_steps)
     modes = {"eager": []} if opts.quick else MODES
     parts = opts.parts.split(",")
@@ -83,7 +85,7 @@ def main():
         pairs = [tuple(p.split(":")) for p in opts.pairs.split(",")]
         if not all(a in SCRIPTS and c in CONFIGS for a, c in pairs):
             raise SystemExit(f"error: --pairs takes agent:config with agent in {list(SCRIPTS)} and config in {list(CONFIGS)}")
-    result = {"env_id": opts.env_id, "steps": steps, "runs": []}
+    result = {"env_id": opts.env_id, "steps": steps, "num_envs": opts.num_envs, "runs": []}
     try:
         import torch
         result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

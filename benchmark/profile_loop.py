@@ -52,7 +52,8 @@ def run_args(agent, name: str, opts, device: str):
     common = dict(env_id=opts.env_id, device=device, log_every=10**9, iteration_steps=opts.warmup, **fast, **tiny)
     total = opts.warmup + opts.steps
     if name in ("der", "drq"):
-        return agent.Args(**common, total_steps=total, eval_episodes=0, min_replay_history=min(1600, opts.warmup // 2))
+        return agent.Args(**common, total_steps=total, eval_episodes=0, min_replay_history=min(1600, opts.warmup // 2),
+                          num_envs=opts.num_envs)
     return agent.Args(**common, total_frames=4 * total, num_envs=opts.num_envs, min_replay_history=opts.warmup // 2,
                       epsilon_decay_steps=1, buffer_size=opts.buffer_size)
 
@@ -113,7 +114,7 @@ def main():
     parser.add_argument("--env-id", default="Pong")
     parser.add_argument("--steps", type=int, default=10_000, help="agent steps profiled, after the first iteration")
     parser.add_argument("--warmup", type=int, default=10_000, help="agent steps of the first iteration (not profiled)")
-    parser.add_argument("--num-envs", type=int, default=1, help="DQN and Rainbow only")
+    parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--buffer-size", type=int, default=1_000_000, help="DQN and Rainbow only")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU, a few hundred steps")
     parser.add_argument("--out", default=None)

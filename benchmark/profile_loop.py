@@ -33,15 +33,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from perf import AGENTS  # noqa: E402
 
-AGENTS = {"dqn": "dqn_moe_atari", "rainbow": "rainbow_moe_atari", "der": "der_moe_atari100k", "drq": "drq_moe_atari100k"}
-AGENT_FILE = "<agent>"  # stands for the profiled agent's file in PARTS
-PARTS = {  # part: (file name ending, function name) of the functions whose cumulative time it sums
-    "emulator": [("atari_preprocessing.py", "step"), ("vector_env.py", "recv")],
-    "act": [("profile_loop.py", "act_step")],
-    "update": [("profile_loop.py", "update_step")],
-    "replay": [(AGENT_FILE, "start_rows"), (AGENT_FILE, "finish_rows"), (AGENT_FILE, "flush")],
-}
+
+def loop_parts(agent_file: str) -> dict:
+    """part: (file name ending, function name) of the functions whose cumulative time it sums."""
+    return {
+        "emulator": [("atari_preprocessing.py", "step"), ("vector_env.py", "recv")],
+        "act": [("profile_loop.py", "act_step")],
+        "update": [("profile_loop.py", "update_step")],
+        "replay": [(agent_file, name) for name in ("start_rows", "finish_rows", "flush")],
+    }
 
 
 def run_args(agent, name: str, opts, device: str):
@@ -99,8 +102,7 @@ def profile_run(agent, args) -> tuple[pstats.Stats, float, int]:
 def parts_per_step(stats: pstats.Stats, seconds: float, steps: int, agent_file: str) -> dict:
     """Microseconds per agent step of each part (cumulative time of its functions), and the rest."""
     out = {}
-    for part, functions in PARTS.items():
-        functions = [(agent_file if end == AGENT_FILE else end, name) for end, name in functions]
+    for part, functions in loop_parts(agent_file).items():
         total = sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
                     if any(path.endswith(end) and func == name for end, name in functions))
         out[part] = 1e6 * total / steps

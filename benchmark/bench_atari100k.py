@@ -5,6 +5,7 @@ number to a JSON file.
 
     python benchmark/bench_atari100k.py --out benchmark/results/atari100k_speed.json
     python benchmark/bench_atari100k.py --parts alone --pairs drq:softmoe4 --num-envs 4   # K environments per run
+    python benchmark/bench_atari100k.py --parts parallel --parallel 8 --steps 20000 --mps  # 8 runs through MPS
     python benchmark/bench_atari100k.py --quick      # CPU smoke: tiny network, a few hundred steps
 
 Each run is a separate process started as a user starts it; a run's time is its wall clock from
@@ -22,6 +23,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from launch import mps_daemon  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"der": "der_moe_atari100k.py", "drq": "drq_moe_atari100k.py"}
 CONFIGS = {"baseline": ["--moe", "none"], "softmoe4": ["--moe", "soft", "--num-experts", "4"]}
@@ -31,10 +35,10 @@ QUICK = ["--encoder", "impala", "--impala-channels", "4", "8", "8", "--expert-hi
          "--device", "cpu"]
 
 
-def launch(script: str, flags: list[str], runs_dir: str, threads: int) -> tuple[subprocess.Popen, float]:
+def launch(script: str, flags: list[str], runs_dir: str, threads: int, env: dict | None = None) -> tuple[subprocess.Popen, float]:
     """One run of an agent file as a process with `threads` CPU threads (torch and the emulators)."""
     cmd = [sys.executable, os.path.join(ROOT, script), *flags, "--runs-dir", runs_dir]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), time.time()
 
 
@@ -52,7 +56,7 @@ def finish(proc: subprocess.Popen, started: float, runs_dir: str) -> dict:
             "train_sps_median": statistics.median(learning) if learning else None}
 
 
-def run_group(specs: list[tuple[str, list[str]]]) -> list[dict]:
+def run_group(specs: list[tuple[str, list[str]]], env: dict | None = None) -> list[dict]:
     """Start every (agent, flags) at once, the CPU cores split between them, and wait for all."""
     threads = max(1, (os.cpu_count() or 1) // len(specs))  # oversubscribed cores cost 3x on 2 cores
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +64,7 @@ def run_group(specs: list[tuple[str, list[str]]]) -> list[dict]:
         for i, (agent, flags) in enumerate(specs):
             runs_dir = os.path.join(tmp, str(i))
             os.makedirs(runs_dir)
-            started.append((*launch(SCRIPTS[agent], flags, runs_dir, threads), runs_dir))
+            started.append((*launch(SCRIPTS[agent], flags, runs_dir, threads, env), runs_dir))
         return [finish(p, t, d) for p, t, d in started]
 
 
@@ -74,6 +78,7 @@ def main():
     parser.add_argument("--parts", default="eager,alone,parallel")
     parser.add_argument("--pairs", default="", help="only these agent:config pairs, e.g. der:softmoe4,drq:baseline")
     parser.add_argument("--num-envs", type=int, default=1, help="environments per run (1: the protocol)")
+    parser.add_argument("--mps", action="store_true", help="runs sharing the GPU do so through NVIDIA's MPS (launch.py --mps)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke test")
     opts = parser.parse_args()
     base = ["--env-id", opts.env_id, "--num-envs", str(opts.num_envs)] + (QUICK if opts.quick else [])
@@ -85,7 +90,7 @@ def main():
         pairs = [tuple(p.split(":")) for p in opts.pairs.split(",")]
         if not all(a in SCRIPTS and c in CONFIGS for a, c in pairs):
             raise SystemExit(f"error: --pairs takes agent:config with agent in {list(SCRIPTS)} and config in {list(CONFIGS)}")
-    result = {"env_id": opts.env_id, "steps": steps, "num_envs": opts.num_envs, "runs": []}
+    result = {"env_id": opts.env_id, "steps": steps, "num_envs": opts.num_envs, "mps": opts.mps, "runs": []}
     try:
         import torch
         result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -115,13 +120,14 @@ def main():
                     specs = [(a, [*base, *CONFIGS[c], *mode_flags, "--total-steps", str(steps), "--seed", str(i + 1)])
                              for i, (a, c) in enumerate(group)]
                     t = time.time()
-                    rows = run_group(specs)
+                    with mps_daemon(opts.mps and k > 1) as mps_env:
+                        rows = run_group(specs, mps_env)
                     wall = time.time() - t
                     for (a, c), row in zip(group, rows):
                         report({"part": part, "agent": a, "config": c, "mode": mode, "parallel": k, **row})
                     if k > 1:
                         learning = [r["train_sps_median"] for r in rows if r["train_sps_median"]]
-                        report({"part": "throughput", "mode": mode, "parallel": k, "wall_seconds": wall,
+                        report({"part": "throughput", "mode": mode, "parallel": k, "mps": opts.mps, "wall_seconds": wall,
                                 "runs_per_hour": 3600 * k / wall, "train_sps_total": sum(learning) or None})
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out, "w") as f:

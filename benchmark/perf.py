@@ -7,6 +7,7 @@ their whole runs (training and evaluation) are timed by benchmark/bench_atari100
 
     python benchmark/perf.py --out benchmark/results/perf.json
     python benchmark/perf.py --agents dqn --modes captured --num-envs 1,8 --seeds-at-once 4
+    python benchmark/perf.py --agents dqn --configs softmoe8 --modes "" --num-envs "" --seeds-at-once 1,8,16 --mps
     python benchmark/perf.py --agents der,drq --configs baseline,softmoe4 --train-modes ""
     python benchmark/perf.py --quick     # CPU smoke: tiny network, a few hundred steps
 
@@ -31,6 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_atari import AGENTS, CONFIGS, training_sps, update_and_act_latency  # noqa: E402
 from bench_atari100k import launch  # noqa: E402
+from launch import mps_daemon  # noqa: E402
 
 AGENTS = {**AGENTS, "der": "der_moe_atari100k", "drq": "drq_moe_atari100k"}
 ATARI_100K = ("der", "drq")  # one environment, whole runs with evaluation: no training segments here
@@ -70,14 +72,15 @@ def training_row(agent, args, steps: int, device) -> dict:
     return row
 
 
-def seeds_at_once(script: str, base: dict, k: int, steps: int, threads: int) -> dict:
-    """k runs of `script` started together, each its own process: the sum of their steady-state
-    agent steps/s, and 200M-frame runs per hour at that rate."""
-    with tempfile.TemporaryDirectory() as tmp:
+def seeds_at_once(script: str, base: dict, k: int, steps: int, threads: int, mps: bool) -> dict:
+    """k runs of `script` started together, each its own process (sharing the GPU through MPS with
+    `mps`): the sum of their steady-state agent steps/s, and 200M-frame runs per hour at that rate."""
+    with tempfile.TemporaryDirectory() as tmp, mps_daemon(mps and k > 1) as mps_env:
         run = {**base, "total_frames": 4 * 3 * steps, "min_replay_history": steps, "iteration_steps": steps,
                "epsilon_decay_steps": 1, "log_every": 10**9}
         started = time.time()
-        procs = [launch(script, flags_of({**run, "seed": seed}), f"{tmp}/{seed}", threads)[0] for seed in range(1, k + 1)]
+        procs = [launch(script, flags_of({**run, "seed": seed}), f"{tmp}/{seed}", threads, mps_env)[0]
+                 for seed in range(1, k + 1)]
         sps = []
         for seed, proc in enumerate(procs, start=1):
             out, _ = proc.communicate()
@@ -87,7 +90,7 @@ def seeds_at_once(script: str, base: dict, k: int, steps: int, threads: int) -> 
             with open(os.path.join(tmp, str(seed), run_dir, "summary.jsonl")) as f:
                 sps.append([json.loads(line) for line in f][2]["sps"])
         total = sum(sps)
-        return {"seeds_at_once": k, "sps_per_run": sps, "sps_total": total, "wall_s": time.time() - started,
+        return {"seeds_at_once": k, "mps": bool(mps_env), "sps_per_run": sps, "sps_total": total, "wall_s": time.time() - started,
                 "runs_per_hour": 3600 * total / (FRAMES_PER_RUN / 4)}
 
 
@@ -102,6 +105,7 @@ def main():
     parser.add_argument("--train-steps", type=int, default=10_000, help="agent steps of each of a segment's three iterations")
     parser.add_argument("--buffer-size", type=int, default=1_000_000, help="replay of the training segments (GPU memory)")
     parser.add_argument("--seeds-at-once", default="", help="e.g. 1,4,8: runs sharing the GPU (first agent, last config, captured)")
+    parser.add_argument("--mps", action="store_true", help="the seeds-at-once runs share the GPU through NVIDIA's MPS")
     parser.add_argument("--seed-num-envs", type=int, default=1, help="environments per run in the seeds-at-once part")
     parser.add_argument("--repeats", type=int, default=200, help="timed updates per latency row")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke test")
@@ -143,7 +147,8 @@ def main():
         run = {**base, **CONFIGS[config], **MODES[mode], "buffer_size": opts.buffer_size, "num_envs": opts.seed_num_envs}
         for k in map(int, opts.seeds_at_once.split(",")):
             row = {"agent": agent_name, "config": config, "mode": mode, "num_envs": opts.seed_num_envs,
-                   **seeds_at_once(AGENTS[agent_name] + ".py", run, k, opts.train_steps, max(1, (os.cpu_count() or 1) // k))}
+                   **seeds_at_once(AGENTS[agent_name] + ".py", run, k, opts.train_steps, max(1, (os.cpu_count() or 1) // k),
+                                   opts.mps)}
             results["seeds"].append(row)
             print(json.dumps(row), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
@@ -161,9 +166,9 @@ def markdown(results: dict) -> str:
     lines += [f"| {r['agent']} | {r['config']} | {r['mode']} | {r['num_envs']} | {r['train_sps']:.0f} | "
               f"{r['updates_per_s']:.0f} | {r.get('gpu_mem_gib', float('nan')):.1f} |" for r in results["training"]]
     if results["seeds"]:
-        lines += ["", "| seeds at once | envs per run | agent steps/s, sum | per run | 200M-frame runs per hour |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['seeds_at_once']} | {r['num_envs']} | {r['sps_total']:.0f} | "
+        lines += ["", "| seeds at once | MPS | envs per run | agent steps/s, sum | per run | 200M-frame runs per hour |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['seeds_at_once']} | {'yes' if r['mps'] else 'no'} | {r['num_envs']} | {r['sps_total']:.0f} | "
                   f"{', '.join(f'{s:.0f}' for s in r['sps_per_run'])} | {r['runs_per_hour']:.2f} |" for r in results["seeds"]]
     return "\n".join(lines)
 

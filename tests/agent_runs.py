@@ -74,3 +74,18 @@ def assert_same_run(dir_a, dir_b, replay_fields):
         assert torch.equal(a["replay"][k], b["replay"][k]), k
     drop = lambda r: {k: v for k, v in r.items() if k != "sps"}  # noqa: E731
     assert [drop(r) for r in records(dir_a)] == [drop(r) for r in records(dir_b)]
+
+
+def fake_mps_control(tmp):
+    """A stand-in for NVIDIA's nvidia-cuda-mps-control: `-d` marks its pipe folder up, `quit` on
+    standard input marks it down; both are logged."""
+    bin_dir, log = tmp / "bin", tmp / "mps.log"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(f"""#!/bin/sh
+pipe="$CUDA_MPS_PIPE_DIRECTORY"
+if [ "$1" = "-d" ]; then echo "start $pipe" >> {log}; touch "$pipe/up"
+else read cmd; echo "$cmd $pipe" >> {log}; rm -f "$pipe/up"; fi
+""")
+    control.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log

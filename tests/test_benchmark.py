@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from agent_runs import fake_mps_control
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -21,32 +23,37 @@ def test_bench_atari_quick(tmp_path):
 
 
 def test_bench_atari100k_quick(tmp_path):
-    """Two tiny DrQ runs share the machine; every row has a time, a score and a steps/s."""
+    """Two tiny DrQ runs share the machine, through MPS (a stand-in daemon: on the CPU the runs
+    ignore it); every row has a time, a score and a steps/s."""
     out = tmp_path / "speed100k.json"
+    env, log = fake_mps_control(tmp_path)
     proc = subprocess.run([sys.executable, "benchmark/bench_atari100k.py", "--quick", "--parts", "parallel",
-                           "--parallel", "2", "--pairs", "drq:baseline", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--parallel", "2", "--pairs", "drq:baseline", "--mps", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())["runs"]
     runs = [r for r in rows if r["part"] == "parallel"]
     (total,) = [r for r in rows if r["part"] == "throughput"]
     assert len(runs) == 2 and all(r["seconds"] > 0 and r["score"] is not None and r["train_sps_median"] > 0 for r in runs)
-    assert total["parallel"] == 2 and total["runs_per_hour"] > 0
+    assert total["parallel"] == 2 and total["runs_per_hour"] > 0 and total["mps"]
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "quit"]
 
 
 def test_perf_quick(tmp_path):
     """perf.py's three parts on the CPU: latency, a 2-environment training segment, two seeds at once."""
     out = tmp_path / "perf.json"
+    env, log = fake_mps_control(tmp_path)
     proc = subprocess.run([sys.executable, "benchmark/perf.py", "--quick", "--agents", "dqn", "--configs", "softmoe8",
-                           "--train-modes", "eager", "--num-envs", "2", "--seeds-at-once", "2", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--train-modes", "eager", "--num-envs", "2", "--seeds-at-once", "2", "--mps", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     (latency,), (training,), (seeds,) = result["latency"], result["training"], result["seeds"]
     assert latency["update_ms_median"] > 0 and latency["mode"] == "eager"
     assert training["num_envs"] == 2 and training["train_sps"] > 0 and training["updates_per_s"] == training["train_sps"] / 4
     assert seeds["seeds_at_once"] == 2 and len(seeds["sps_per_run"]) == 2 and seeds["sps_total"] == sum(seeds["sps_per_run"])
-    assert "| 2 | 1 |" in proc.stdout  # the seeds table
+    assert seeds["mps"] and [line.split()[0] for line in log.read_text().splitlines()] == ["start", "quit"]
+    assert "| 2 | yes | 1 |" in proc.stdout  # the seeds table
 
 
 def test_seed_batched_update_is_independent_agents():

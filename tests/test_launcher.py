@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agent_runs import ROOT, records
+from agent_runs import ROOT, fake_mps_control, records
 from slurm_cluster import SlurmCluster, slurm_installed
 
 LAUNCH = os.path.join(ROOT, "benchmark", "launch.py")
@@ -30,7 +30,8 @@ run = get("--resume") or os.path.join(get("--runs-dir"), "run")
 os.makedirs(run, exist_ok=True)
 with open(os.path.join(get("--stamps"), f"{os.getpid()}.json"), "w") as f:
     json.dump({"start": time.time(), "omp": os.environ.get("OMP_NUM_THREADS"), "resumed": "--resume" in a,
-               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "mps": os.environ.get("CUDA_MPS_PIPE_DIRECTORY"),
+               "mps_up": os.path.exists(os.path.join(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/nonexistent"), "up")),
                "args": a}, f)
 open(os.path.join(run, "config.json"), "w").write(json.dumps({"exp_name": get("--exp-name")}))
 open(os.path.join(run, "checkpoint.pt"), "w").write("state")
@@ -144,6 +145,31 @@ def test_runs_share_out_the_gpus(fake):
     first = sorted(runs, key=lambda r: r["start"])[:4]
     assert sorted(r["gpu"] for r in first) == ["0", "0", "1", "1"]
     assert {r["gpu"] for r in runs} == {"0", "1"}
+
+
+def test_mps_daemon_serves_the_runs_and_is_stopped(fake):
+    """--mps: one control daemon, started before the first run, its pipe folder in every run's
+    environment, told to quit after the last run, its folder removed."""
+    env, log = fake_mps_control(fake)
+    commands = write_commands(fake, [fake_command(fake, "a", s, "--sleep", "0.5") for s in (1, 2, 3)])
+    code, out = launcher(fake / "sweep", commands, "--gpus", "0", "--runs-per-gpu", "2", "--mps", env=env)
+    assert code == 0 and "3 done, 0 failed" in out, out
+    lines = log.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["start", "quit"], lines
+    pipe = lines[0].split()[1]
+    assert lines[1].split()[1] == pipe
+    runs = stamps(fake)
+    assert len(runs) == 3 and all(r["mps"] == pipe and r["mps_up"] for r in runs)
+    assert not os.path.exists(pipe)
+
+
+def test_mps_without_gpu_or_daemon_fails_in_one_line(fake):
+    commands = write_commands(fake, [fake_command(fake, "a", 1)])
+    for flags, env, needle in ((["--gpus", ""], None, "no GPU is visible"),
+                               (["--gpus", "0"], {"PATH": str(fake)}, "--mps needs nvidia-cuda-mps-control")):
+        code, out = launcher(fake / "sweep", commands, "--mps", *flags, env=env)
+        assert code != 0 and "Traceback" not in out and needle in out.strip().splitlines()[-1], out
+    assert stamps(fake) == []
 
 
 def test_failures_are_reported_and_retried_on_request(fake):

@@ -5,6 +5,7 @@ environment variables scale a sweep down."""
 import collections
 import glob
 import importlib
+import json
 import os
 import shlex
 import subprocess
@@ -16,7 +17,8 @@ import tyro
 
 from agent_runs import ROOT
 
-SWEEPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmark", "fig*.sh")))
+SWEEPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmark", "fig*.sh"))) + ["atari100k_fidelity.sh"]
+CAPTURED = "--compile --cudagraphs --no-torch-deterministic"
 COMMON = os.path.join(ROOT, "benchmark", "sweep_common.sh")
 
 
@@ -57,7 +59,7 @@ def test_sweep_lists_every_game_and_seed_of_each_configuration(sweep, tmp_path):
         by_config[flag(tokens, "--exp-name")].add((flag(tokens, "--env-id"), flag(tokens, "--seed")))
         assert tokens[1].endswith(".py") and os.path.isfile(os.path.join(ROOT, tokens[1]))
     assert len(commands) == sum(len(runs) for runs in by_config.values()), "no command twice"
-    seeds = {"fig19_wall_time.sh": 3}.get(sweep, 5)
+    seeds = {"fig19_wall_time.sh": 3, "atari100k_fidelity.sh": 3}.get(sweep, 5)
     for name, runs in by_config.items():
         games = {g for g, _ in runs}
         assert {s for _, s in runs} == {str(s) for s in range(1, seeds + 1)}, name
@@ -95,6 +97,26 @@ def test_figure_1_design(tmp_path):
         assert "--scale-hidden" in baseline and flag(baseline, "--num-experts") == str(e)
         assert flag(configs[f"dqn_soft_e{e}"], "--moe") == "soft" and flag(configs[f"dqn_top1_e{e}"], "--moe") == "top1"
     assert all(flag(t, "--total-frames") == "200000000" for t in configs.values())
+
+
+def test_fidelity_sweep_goes_seed_by_seed_and_continues_the_committed_runs(tmp_path):
+    """atari100k_fidelity.sh lists whole seeds first (DrQ(eps)'s baseline on the 26 games opens
+    it), and the runs committed under benchmark/results are its own commands with the captured
+    flags: continuing the sweep there starts none of them again."""
+    commands = dry_run("atari100k_fidelity.sh", tmp_path)
+    seeds = [int(flag(t, "--seed")) for t in commands]
+    assert seeds == sorted(seeds) and len(commands) == 3 * 2 * 3 * 26
+    assert {flag(t, "--exp-name") for t in commands[:26]} == {"drq_none_100k"}
+    assert {flag(t, "--num-experts") for t in commands if "--num-experts" in t} == {"4"}
+    committed = os.path.join(ROOT, "benchmark", "results", "atari100k_fidelity")
+    listed = {shlex.join(t) for t in dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED)}
+    states = glob.glob(os.path.join(committed, "*", "state.json"))
+    assert states
+    for path in states:
+        with open(path) as f:
+            state = json.load(f)
+        assert state["status"] == "done" and state["command"] in listed, path
+        assert glob.glob(os.path.join(os.path.dirname(path), "*", "summary.jsonl")), path
 
 
 def test_variables_scale_a_sweep_down(tmp_path):

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Atari 100k against the published agents (issue 8, RESULTS.md "Atari 100k against the published
+# DER and DrQ(eps)"): DER and DrQ(eps) with their own network (Nature CNN), as the baselines of
+# Agarwal et al. (2021), and the same agents with Soft MoE and Top1-MoE of 4 experts (figure 16's
+# count), on the 26 games, 100k agent steps, 100 evaluation episodes at the end.
+# Seeds go outermost, then agent, then network: a sweep stopped early holds whole seeds of the first
+# configurations (DrQ(eps)'s baseline first).
+#   SEEDS=3 bash benchmark/atari100k_fidelity.sh --dry-run
+#   EXTRA="--compile --cudagraphs --no-torch-deterministic" RUNS_DIR=benchmark/results \
+#     bash benchmark/atari100k_fidelity.sh --runs-per-gpu 12 --mps     # continues the committed sweep
+#   python benchmark/aggregate.py benchmark/results/atari100k_fidelity --baseline drq_none_100k
+SWEEP=atari100k_fidelity
+SEEDS=${SEEDS:-3}
+RUNS_PER_GPU=${RUNS_PER_GPU:-12}  # with --mps: twelve runs share an H100 (RESULTS.md)
+source "$(dirname "$0")/sweep_common.sh"
+games=${GAMES:-$GAMES_26}
+AGENTS=${AGENTS:-"drq der"}
+NETWORKS=${NETWORKS:-"none soft top1"}
+EXPERTS=${EXPERTS:-4}
+
+commands() {
+  local seed agent net name moe_flags game
+  for seed in $(seeds); do
+    for agent in $AGENTS; do
+      for net in $NETWORKS; do
+        case $net in
+          none) name=${agent}_none_100k moe_flags="--moe none" ;;
+          soft | top1) name=${agent}_${net}_e${EXPERTS}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
+          *) echo "error: NETWORKS takes none, soft and top1 (got $net)" >&2; exit 2 ;;
+        esac
+        for game in $games; do
+          echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags $EXTRA"
+        done
+      done
+    done
+  done
+}
+commands | launch "$@"

@@ -318,8 +318,9 @@ def mps_daemon(enabled: bool):
     kernels of one process at a time; with it, kernels of different runs run side by side: eight
     Atari 100k runs on an H100 trained 2.8x faster in sum (RESULTS.md, "Several runs per GPU with
     MPS"). Starts a control daemon of its own, whose pipe and log folders the runs find through
-    the environment it yields, and stops it at the end."""
-    if not enabled:
+    the environment it yields, and stops it at the end; where CUDA_MPS_PIPE_DIRECTORY is already
+    set (a daemon the machine runs), the runs use that one."""
+    if not enabled or os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
         yield {}
         return
     control = shutil.which("nvidia-cuda-mps-control")

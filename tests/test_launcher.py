@@ -162,6 +162,11 @@ def test_mps_daemon_serves_the_runs_and_is_stopped(fake):
     assert len(runs) == 3 and all(r["mps"] == pipe and r["mps_up"] for r in runs)
     assert not os.path.exists(pipe)
 
+    more = write_commands(fake, [fake_command(fake, "b", 1)])  # a daemon the machine runs is used, not started
+    code, out = launcher(fake / "sweep", more, "--gpus", "0", "--mps", env={**env, "CUDA_MPS_PIPE_DIRECTORY": "/mps"})
+    assert code == 0 and len(log.read_text().splitlines()) == 2, out
+    assert [r["mps"] for r in stamps(fake) if r["args"][1] == "b"] == ["/mps"]
+
 
 def test_mps_without_gpu_or_daemon_fails_in_one_line(fake):
     commands = write_commands(fake, [fake_command(fake, "a", 1)])

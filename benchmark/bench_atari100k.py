@@ -5,6 +5,7 @@ number to a JSON file.
 
     python benchmark/bench_atari100k.py --out benchmark/results/atari100k_speed.json
     python benchmark/bench_atari100k.py --parts alone --pairs drq:softmoe4 --num-envs 4   # K environments per run
+    python benchmark/bench_atari100k.py --parts alone --pairs drq:softmoe4 --warm  # compilation caches warm, as in a sweep
     python benchmark/bench_atari100k.py --parts parallel --parallel 8 --steps 20000 --mps  # 8 runs through MPS
     python benchmark/bench_atari100k.py --quick      # CPU smoke: tiny network, a few hundred steps
 
@@ -79,6 +80,10 @@ def main():
     parser.add_argument("--pairs", default="", help="only these agent:config pairs, e.g. der:softmoe4,drq:baseline")
     parser.add_argument("--num-envs", type=int, default=1, help="environments per run (1: the protocol)")
     parser.add_argument("--mps", action="store_true", help="runs sharing the GPU do so through NVIDIA's MPS (launch.py --mps)")
+    parser.add_argument("--warm", action="store_true",
+                        help="first run every pair briefly, untimed, so that the timed runs find torch.compile's on-disk "
+                             "caches holding their graphs, as every run of a sweep but the first on a machine does")
+    parser.add_argument("--warm-steps", type=int, default=2_500, help="agent steps of a warm-up run (updates start at 1,600)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke test")
     opts = parser.parse_args()
     base = ["--env-id", opts.env_id, "--num-envs", str(opts.num_envs)] + (QUICK if opts.quick else [])
@@ -90,7 +95,7 @@ def main():
         pairs = [tuple(p.split(":")) for p in opts.pairs.split(",")]
         if not all(a in SCRIPTS and c in CONFIGS for a, c in pairs):
             raise SystemExit(f"error: --pairs takes agent:config with agent in {list(SCRIPTS)} and config in {list(CONFIGS)}")
-    result = {"env_id": opts.env_id, "steps": steps, "num_envs": opts.num_envs, "mps": opts.mps, "runs": []}
+    result = {"env_id": opts.env_id, "steps": steps, "num_envs": opts.num_envs, "mps": opts.mps, "warm": opts.warm, "runs": []}
     try:
         import torch
         result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -108,12 +113,22 @@ def main():
                      "--iteration-steps", str(max(eager_steps // 4, 1))]
             (row,) = run_group([(agent, flags)])
             report({"part": "eager", "agent": agent, "config": config, "mode": "eager", "parallel": 1, **row})
+    warmed = set()
     for part, counts in (("alone", [1]), ("parallel", [int(k) for k in opts.parallel.split(",") if int(k) > 1])):
         if part not in parts:
             continue
         for mode, mode_flags in modes.items():
             if mode == "eager" and not opts.quick:
                 continue  # a whole eager run takes hours: its steps/s come from the eager part
+            if opts.warm and mode not in warmed:
+                warmed.add(mode)
+                warm_steps = 150 if opts.quick else opts.warm_steps
+                specs = [(a, [*base, *CONFIGS[c], *mode_flags, "--total-steps", str(warm_steps), "--eval-episodes", "0",
+                              "--iteration-steps", str(warm_steps)]) for a, c in pairs]
+                with mps_daemon(opts.mps and len(specs) > 1) as mps_env:
+                    rows = run_group(specs, mps_env)
+                for (a, c), row in zip(pairs, rows):
+                    report({"part": "warm-up", "agent": a, "config": c, "mode": mode, "parallel": len(specs), **row})
             for k in counts:
                 groups = [[pairs[i]] for i in range(len(pairs))] if k == 1 else [[pairs[i % len(pairs)] for i in range(k)]]
                 for group in groups:

@@ -23,17 +23,18 @@ def test_bench_atari_quick(tmp_path):
 
 
 def test_bench_atari100k_quick(tmp_path):
-    """Two tiny DrQ runs share the machine, through MPS (a stand-in daemon: on the CPU the runs
-    ignore it); every row has a time, a score and a steps/s."""
+    """A warm-up run, then two tiny DrQ runs share the machine, through MPS (a stand-in daemon: on
+    the CPU the runs ignore it); every row has a time, a score and a steps/s."""
     out = tmp_path / "speed100k.json"
     env, log = fake_mps_control(tmp_path)
     proc = subprocess.run([sys.executable, "benchmark/bench_atari100k.py", "--quick", "--parts", "parallel",
-                           "--parallel", "2", "--pairs", "drq:baseline", "--mps", "--out", str(out)],
+                           "--parallel", "2", "--pairs", "drq:baseline", "--mps", "--warm", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())["runs"]
     runs = [r for r in rows if r["part"] == "parallel"]
     (total,) = [r for r in rows if r["part"] == "throughput"]
+    assert [r["part"] for r in rows][0] == "warm-up" and [r["part"] for r in rows].count("warm-up") == 1
     assert len(runs) == 2 and all(r["seconds"] > 0 and r["score"] is not None and r["train_sps_median"] > 0 for r in runs)
     assert total["parallel"] == 2 and total["runs_per_hour"] > 0 and total["mps"]
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "quit"]

@@ -21,10 +21,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
 import json
 import math
 import os
+import platform
 import random
+import socket
+import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -1174,6 +1179,30 @@ class RunLogger:
         self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def run_provenance(device: torch.device) -> dict:
+    """What made a run, kept in its config.json: this file's SHA-256 (the whole agent is this one
+    file), its git commit and whether the file differs from it, the versions, the device, the host
+    and the command line."""
+    path = os.path.abspath(__file__)
+    with open(path, "rb") as f:
+        code_sha256 = hashlib.sha256(f.read()).hexdigest()
+
+    def git(*cmd: str) -> Optional[str]:
+        try:
+            done = subprocess.run(["git", *cmd], cwd=os.path.dirname(path), capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--", os.path.basename(path)) if commit else None
+    return {"code_sha256": code_sha256, "git_commit": commit,
+            "code_differs_from_commit": None if changes is None else bool(changes),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "host": socket.gethostname(), "argv": sys.argv}
 # ---- end block: logging ----
 
 
@@ -1649,7 +1678,8 @@ def main(args: Args) -> str:
 
     logger = RunLogger(run_dir, args, resume_step=step)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({**dataclasses.asdict(args), "env_id": env_id, "num_actions": num_actions}, f, indent=1)
+        json.dump({**dataclasses.asdict(args), "env_id": env_id, "num_actions": num_actions,
+                   "provenance": run_provenance(device)}, f, indent=1)
 
     update_step = make_update_step(args, q_net, target_net, optimizer, replay,
                                    augment=drq_augment if args.data_augmentation else None)

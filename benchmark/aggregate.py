@@ -30,7 +30,9 @@ empty (no published human score) is left out of the aggregates with a warning.
 
 Writes to --out (default RUNS[0]/aggregate): summary.md, aggregates.csv, per_game.csv,
 curves.csv, runs.csv, aggregates.png, curves.png, profiles.png, and improvement.png with
---baseline, sweep.png with --sweep."""
+--baseline, sweep.png with --sweep. summary.md and runs.csv say which code (git commit, or the
+agent file's SHA-256 outside git) and which device made each run, from the `provenance` the agents
+write into config.json."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ METRICS = ("IQM", "Median", "Mean", "Optimality Gap")
 # Config keys that say where and how a run ran, not what it learns: runs of one algorithm may differ in them.
 BOOKKEEPING = {"exp_name", "seed", "env_id", "num_actions", "torch_deterministic", "device", "track",
                "wandb_project_name", "wandb_entity", "capture_video", "runs_dir", "log_every", "checkpoint_every",
-               "resume", "cudagraphs", "compile"}
+               "resume", "cudagraphs", "compile", "provenance"}
 
 
 class UserError(Exception):
@@ -301,6 +303,23 @@ def select_runs(runs: list[Run], args, say) -> None:
 def flags_of(config: dict) -> str:
     """The flags that change what a run learns, as one comparable string."""
     return json.dumps({k: v for k, v in config.items() if k not in BOOKKEEPING}, sort_keys=True)
+
+
+def commit_of(provenance: dict) -> str | None:
+    """A run's git commit, short, marked when the agent file differed from it."""
+    commit = provenance.get("git_commit")
+    if not commit:
+        return f"sha256 {provenance['code_sha256'][:12]}" if provenance.get("code_sha256") else None
+    return commit[:7] + (" with changes" if provenance.get("code_differs_from_commit") else "")
+
+
+def provenance_counts(runs: list[Run], field) -> str:
+    """How many runs have each value of a provenance field (the agents record it in config.json)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        value = field(r.config.get("provenance") or {}) or "not recorded"
+        counts[value] = counts.get(value, 0) + 1
+    return ", ".join(f"{v} ({n})" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def runs_count(n: int, what: str = "run") -> str:
@@ -833,9 +852,11 @@ class Report:
     def runs_table(self) -> str:
         rows = []
         for a, by_game in self.sel.groups.items():
-            seeds = sorted({str(r.seed) for rs in by_game.values() for r in rs}, key=natural_key)
-            rows.append([a, len(by_game), sum(map(len, by_game.values())), ", ".join(seeds)])
-        return (markdown_table(["algorithm", "games", "runs aggregated", "seeds"], rows)
+            runs = [r for rs in by_game.values() for r in rs]
+            seeds = sorted({str(r.seed) for r in runs}, key=natural_key)
+            rows.append([a, len(by_game), len(runs), ", ".join(seeds), provenance_counts(runs, commit_of),
+                         provenance_counts(runs, lambda p: p.get("device"))])
+        return (markdown_table(["algorithm", "games", "runs aggregated", "seeds", "code (git commit)", "device"], rows)
                 + f"\n\nEvery run found, with its final score: runs.csv ({runs_count(len(self.sel.runs))}).")
 
     def write_csvs(self, out: str) -> None:
@@ -858,9 +879,12 @@ class Report:
                   ["algorithm", "iteration", "frames", "hours", "iqm", "ci_low", "ci_high", "runs_per_game", "games"],
                   rows)
         write_csv(os.path.join(out, "runs.csv"),
-                  ["run", "algorithm", "game", "seed", "finished", "final_score", "included", "reason"],
+                  ["run", "algorithm", "game", "seed", "finished", "final_score", "included", "reason", "git_commit",
+                   "code_differs_from_commit", "code_sha256", "device"],
                   [[r.path, r.label, r.game, r.seed, r.finished, "" if r.final is None else r.final, not r.reason,
-                    r.reason] for r in sel.runs])
+                    r.reason, *((r.config.get("provenance") or {}).get(k, "") for k in
+                                ("git_commit", "code_differs_from_commit", "code_sha256", "device"))]
+                   for r in sel.runs])
 
 
 def std(values: np.ndarray) -> float:

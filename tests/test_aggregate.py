@@ -2,6 +2,7 @@
 real tiny run of dqn_moe_atari.py (so the format it reads stays the agents')."""
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -420,6 +421,35 @@ def test_a_real_dqn_run_is_aggregated(tmp_path, capsys):
     first = next(i for i, r in enumerate(recs) if r.get("episode_return") is not None)
     assert [int(r["frames"]) for r in curve] == [r["frames"] for r in recs[first:-1]]
     assert "| Breakout | " in out
+    # the run says what made it: this checkout's commit (if git knows it) and the agent file's hash
+    provenance = json.load(open(os.path.join(only_run_dir(runs), "config.json")))["provenance"]
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit = git.stdout.strip() if git.returncode == 0 else None
+    with open(os.path.join(ROOT, "dqn_moe_atari.py"), "rb") as f:
+        assert provenance["code_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert provenance["git_commit"] == commit and provenance["device"] == "cpu"
+    if commit:
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "dqn_moe_atari.py"], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.strip()
+        assert provenance["code_differs_from_commit"] == bool(changed)
+    (row,) = read_csv(tmp_path / "out" / "runs.csv")
+    assert row["git_commit"] == (commit or "") and row["code_sha256"] == provenance["code_sha256"]
+    assert aggregate.commit_of(provenance) in out
+
+
+def test_provenance_is_listed_and_not_a_flag(tmp_path, capsys):
+    """Runs of one label made by different commits and devices are one configuration (no warning);
+    the runs table counts them per commit and device, and says which runs recorded none."""
+    root = tmp_path / "runs"
+    made = [{"git_commit": "a" * 40, "code_differs_from_commit": False, "device": "NVIDIA H100 80GB HBM3"},
+            {"git_commit": "b" * 40, "code_differs_from_commit": True, "device": "NVIDIA H100 80GB HBM3"},
+            {"git_commit": None, "code_sha256": "c" * 64, "device": "cpu"}, None]
+    for seed, provenance in enumerate(made):
+        write_run(root, "base", "Pong", seed, [raw("Pong", 0.1)], **({"provenance": provenance} if provenance else {}))
+    status, out, err = run_main(capsys, root, "--out", tmp_path / "out", "--reps", "20")
+    assert status == 0 and "differ in" not in err
+    assert "aaaaaaa (1), bbbbbbb with changes (1), sha256 cccccccccccc (1), not recorded (1)" in out
+    assert "NVIDIA H100 80GB HBM3 (2), cpu (1), not recorded (1)" in out
 
 
 def test_games_filter_and_wall_clock_axis(tmp_path, capsys):

@@ -20,6 +20,7 @@ from agent_runs import run as run_script
 
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
 import aggregate  # noqa: E402
+import rank_against_published  # noqa: E402
 
 # (random, human) of DQN Zoo's atari_data.py, typed here from it, not read from the table under test
 KNOWN = {"Pong": (-20.7, 14.6), "Breakout": (1.7, 30.5), "Seaquest": (68.4, 42054.7), "Asterix": (210.0, 8503.3),
@@ -475,3 +476,32 @@ def test_games_filter_and_wall_clock_axis(tmp_path, capsys):
     assert os.path.getsize(tmp_path / "out" / "curves.png") > 0
     status, _, err = run_main(capsys, root, "--games", "Zaxxon", "--out", tmp_path / "out2")
     assert status == 2 and "no run is of a game in --games" in err
+
+
+# ---- our runs among published runs (benchmark/rank_against_published.py) ----
+def test_percentiles_among_published_runs(tmp_path, capsys):
+    """Each run's percentile among the published runs of its game (ties half), their mean and a
+    KS test: runs drawn like the published ones are not rejected, runs that all beat them are."""
+    published = {"Pong": [float(i) for i in range(1, 101)], "ALE/Breakout-v5": [5.0] * 100}
+    path = tmp_path / "published.json"
+    path.write_text(json.dumps(published))
+    assert rank_against_published.percentile_among(50.5, np.arange(1, 101)) == 0.5
+    assert rank_against_published.percentile_among(5.0, np.full(100, 5.0)) == 0.5
+    same, better = tmp_path / "same", tmp_path / "better"
+    for seed in range(20):  # ours drawn over the published range, on a grid: percentiles 0.025 .. 0.975
+        write_run(same, "ours", "Pong", seed, [1.0], evals=[(100_000, 5.0 * seed + 3.0)])
+        write_run(better, "ours", "Pong", seed, [1.0], evals=[(100_000, 200.0 + seed)])
+    write_run(same, "ours", "Breakout", 0, [1.0], evals=[(100_000, 5.0)])
+    write_run(same, "ours", "Seaquest", 0, [1.0], evals=[(100_000, 9.0)])  # no published runs: left out
+    write_run(same, "ours", "Pong", 99, [1.0], finished=False)  # unfinished: left out
+    rows, s = rank_against_published.rank([str(same)], rank_against_published.load_published(str(path)))
+    assert [r["game"] for r in rows] == ["Breakout"] + ["Pong"] * 20
+    assert [r["percentile"] for r in rows if r["game"] == "Pong"] == pytest.approx([0.025 + 0.05 * i for i in range(20)])
+    assert s["mean_percentile"] == pytest.approx(np.mean([r["percentile"] for r in rows]))
+    assert s["standard_error_if_same"] == pytest.approx(1 / np.sqrt(12 * 21)) and s["ks_p_value"] > 0.5
+    status = rank_against_published.main([str(better), "--published", str(path), "--out", str(tmp_path / "r.csv")])
+    out = capsys.readouterr().out
+    assert status == 0 and "mean percentile 1.000" in out and "| Pong | 0 | 200.0 | 50.5 |" in out
+    assert len(read_csv(tmp_path / "r.csv")) == 20
+    assert rank_against_published.main([str(same), "--published", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read --published" in capsys.readouterr().err

@@ -1561,11 +1561,12 @@ def set_eval_noise(q_net: nn.Module, expert_noise: bool) -> None:
 
 
 def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
-             rng: np.random.Generator) -> list[float]:
+             rng: np.random.Generator) -> tuple[list[float], list[int], int]:
     """`args.eval_episodes` episodes at once, one per environment of `make_vector_env`, with
     epsilon `args.eval_epsilon`, random no-op starts, and a fresh frame stack after a lost life
     when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
-    Returns the unclipped returns."""
+    Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), and
+    the vector steps taken: every environment is stepped until the longest episode ends."""
     n = args.eval_episodes
     envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames,
                            num_threads=torch.get_num_threads())  # OMP_NUM_THREADS bounds the emulators too
@@ -1574,6 +1575,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
     stacks[:, -1] = obs[:, -1]
     noops = rng.integers(args.max_noops, size=n) if args.max_noops > 0 else np.zeros(n, dtype=np.int64)
     lives, returns, done = info["lives"].copy(), np.zeros(n), np.zeros(n, dtype=bool)
+    lengths, vector_steps = np.zeros(n, dtype=np.int64), 0
     while not done.all():
         eval_input.copy_(torch.from_numpy(stacks))
         greedy = eval_step().cpu().numpy()
@@ -1583,6 +1585,8 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
         actions[in_noops] = 0
         obs, reward, terminated, truncated, info = envs.step(actions)
         returns += np.where(done | in_noops, 0.0, reward)
+        lengths += ~(done | in_noops)
+        vector_steps += 1
         stacks[:, :-1] = stacks[:, 1:]
         stacks[:, -1] = obs[:, -1]
         new_stack = in_noops | (args.terminal_on_life_loss & (info["lives"] < lives))
@@ -1590,7 +1594,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
         lives, noops = info["lives"].copy(), np.maximum(noops - 1, 0)
         done |= terminated | truncated
     envs.close()
-    return returns.tolist()
+    return returns.tolist(), lengths.tolist(), vector_steps
 
 
 def main(args: Args) -> str:
@@ -1715,12 +1719,14 @@ def main(args: Args) -> str:
         alone; noisy experts (DER) draw their noise from torch's generator like training does."""
         set_eval_noise(q_net, args.eval_expert_noise)
         start = time.time()
-        returns = evaluate(args, env_id, eval_step, eval_input, num_actions, np.random.default_rng([args.seed, step]))
+        returns, lengths, vector_steps = evaluate(args, env_id, eval_step, eval_input, num_actions,
+                                                  np.random.default_rng([args.seed, step]))
         set_noise(q_net, "sample")
         mean = float(np.mean(returns)) if returns else float("nan")
         logger.scalars({"return": mean, "seconds": time.time() - start}, step, "eval/")
         logger.record({"eval": True, "step": step, "frames": 4 * step, "eval_return": mean,
-                       "eval_episodes": len(returns), "eval_returns": returns})
+                       "eval_episodes": len(returns), "eval_returns": returns, "eval_lengths": lengths,
+                       "eval_vector_steps": vector_steps})
         print(f"evaluation at step {step:,}: mean return {mean:.2f} over {len(returns)} episodes "
               f"({time.time() - start:.0f} s)", flush=True)
         return mean

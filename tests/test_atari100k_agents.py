@@ -38,6 +38,7 @@ def test_der_end_to_end(tmp_path):
     (ev,) = [r for r in recs if r.get("eval")]
     assert ev["step"] == 300 and ev["eval_episodes"] == 2 and len(ev["eval_returns"]) == 2
     assert ev["eval_return"] == pytest.approx(sum(ev["eval_returns"]) / 2)
+    assert len(ev["eval_lengths"]) == 2 and 0 < max(ev["eval_lengths"]) <= ev["eval_vector_steps"]
     final = recs[-1]
     assert final["final"] and final["agent"] == "der" and final["score"] == ev["eval_return"]
     ckpt = checkpoint(run_dir)

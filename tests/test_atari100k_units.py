@@ -410,7 +410,8 @@ def run_eval(seed, **kw):
     env_id = drq.resolve_env_id("ALE/Breakout-v5")
     eval_input = torch.zeros((args.eval_episodes, 4, 84, 84), dtype=torch.uint8)
     policy = FixedPolicy(eval_input, action=1)  # FIRE: the ball is launched, the paddle stays
-    returns = drq.evaluate(args, env_id, policy, eval_input, 4, np.random.default_rng(seed))
+    returns, lengths, vector_steps = drq.evaluate(args, env_id, policy, eval_input, 4, np.random.default_rng(seed))
+    assert len(lengths) == len(returns) and vector_steps == len(policy.seen)
     return returns, torch.stack(policy.seen)
 
 
@@ -431,6 +432,19 @@ def test_evaluate_runs_truncated_episodes_and_is_reproducible():
     assert fresh.any(dim=0).all() and shifted.sum() > 90
     again, seen_again = run_eval(0)
     assert again == returns and torch.equal(seen_again, seen)
+
+
+def test_evaluate_reports_episode_lengths_without_the_noops():
+    """With no-op starts the two truncated episodes last 60 vector steps, of which each spends its
+    no-ops (the rng's draws after the emulators' seed) before its length starts to count."""
+    args = dataclasses.replace(drq.Args(), eval_episodes=2, max_episode_frames=240, eval_epsilon=0.0, max_noops=10)
+    eval_input = torch.zeros((2, 4, 84, 84), dtype=torch.uint8)
+    _, lengths, vector_steps = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1),
+                                            eval_input, 4, np.random.default_rng(1))
+    draws = np.random.default_rng(1)
+    draws.integers(2**31)
+    noops = draws.integers(10, size=2)
+    assert vector_steps == 60 and lengths == [60 - k for k in noops.tolist()]
 
 
 def test_evaluate_epsilon_draws_from_the_rng():

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from aggregate import UserError, find_run_dirs, natural_key, read_run, table_key  # noqa: E402
+from aggregate import UserError, final_score, find_run_dirs, natural_key, read_run, table_key  # noqa: E402
 
 
 def percentile_among(score: float, published: np.ndarray) -> float:
@@ -46,17 +46,11 @@ def load_published(path: str) -> dict[str, np.ndarray]:
     return {table_key(game): np.asarray(scores, dtype=float) for game, scores in data.items()}
 
 
-def final_score(run) -> float | None:
-    """The run's score: its last evaluation, else its last training return (aggregate.py's rule)."""
-    scores = [p[2] for p in run.points if p[2] is not None]
-    return scores[-1] if run.finished and scores else None
-
-
 def rank(runs_dirs: list[str], published: dict[str, np.ndarray]) -> tuple[list[dict], dict]:
     rows = []
     for path in find_run_dirs(runs_dirs):
         run = read_run(path)
-        score = final_score(run)
+        score = final_score(run.points, None, 1) if run.finished else None  # aggregate.py's score of a run
         if run.reason or score is None or table_key(run.game) not in published:
             continue
         theirs = published[table_key(run.game)]

@@ -12,7 +12,15 @@ Each of our runs gets its percentile among the published runs of its game (mid-r
 half). If our agent is the published one, every such percentile is a draw from Uniform(0, 1), even
 with one seed per game, so their mean is 0.5 give or take 1/sqrt(12 n) and a Kolmogorov-Smirnov
 test against the uniform distribution does not reject. A mean well above 0.5 means our runs score
-higher than the published ones, well below lower. Prints a Markdown table and the test."""
+higher than the published ones, well below lower.
+
+Then the aggregates (human-normalised IQM, median, mean, optimality gap) of ours and of the
+published runs on our games, each with its 95% stratified-bootstrap CI, and the comparison that
+matches sample sizes: the 95% range of each aggregate over many draws of as many published runs per
+game as we have (without replacement). If ours is the published agent, our aggregate falls in that
+range 95 times in 100; the CIs alone cannot say this, as ours (3 runs a game) is far wider than
+theirs (100). Prints Markdown; --plot draws each game's runs against the published spread, and
+the percentiles' distribution against the uniform."""
 
 from __future__ import annotations
 
@@ -27,7 +35,8 @@ import numpy as np
 import scipy.stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from aggregate import UserError, final_score, find_run_dirs, natural_key, read_run, table_key  # noqa: E402
+from aggregate import (METRICS, UserError, aggregate_metrics, default_tables, final_score, find_run_dirs,  # noqa: E402
+                       interval_estimate, load_tables, natural_key, normalise, plt, read_run, save, table_key)
 
 
 def percentile_among(score: float, published: np.ndarray) -> float:
@@ -69,14 +78,98 @@ def rank(runs_dirs: list[str], published: dict[str, np.ndarray]) -> tuple[list[d
     return rows, summary
 
 
+def score_matrices(rows: list[dict], published: dict[str, np.ndarray], tables: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Human-normalised runs x games matrices, ours and the published runs', on the games of our runs.
+    Every game keeps as many of our runs as the game with fewest (lowest seeds, as aggregate.py)."""
+    by_game: dict[str, list[dict]] = {}
+    for r in rows:  # sorted by game, then seed
+        by_game.setdefault(r["game"], []).append(r)
+    games = list(by_game)
+    missing = [g for g in games if tables.get(table_key(g)) is None or None in (tables[table_key(g)].zero, tables[table_key(g)].one)]
+    if missing:
+        raise UserError(f"no human and random scores for {', '.join(missing)} in benchmark/atari_human_random.csv")
+    norm = {g: tables[table_key(g)] for g in games}
+    n_ours = min(len(v) for v in by_game.values())
+    n_theirs = min(len(published[table_key(g)]) for g in games)
+    ours = np.array([[normalise(by_game[g][i]["score"], norm[g]) for g in games] for i in range(n_ours)])
+    theirs = np.stack([normalise(published[table_key(g)][:n_theirs], norm[g]) for g in games], axis=1)
+    return games, ours, theirs
+
+
+def subsample_range(theirs: np.ndarray, n: int, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The aggregates of `reps` draws of n published runs per game (without replacement): their
+    2.5 and 97.5 percentiles (2 x metrics) and all the draws (reps x metrics)."""
+    rng = np.random.default_rng(seed)
+    draws = np.empty((reps, len(METRICS)))
+    for i in range(reps):
+        pick = np.argsort(rng.random(theirs.shape), axis=0)[:n]  # n distinct runs of each game
+        draws[i] = aggregate_metrics(np.take_along_axis(theirs, pick, axis=0))
+    return np.percentile(draws, [2.5, 97.5], axis=0), draws
+
+
+def compare_aggregates(rows: list[dict], published: dict[str, np.ndarray], tables: dict, reps: int, seed: int = 0) -> dict:
+    games, ours, theirs = score_matrices(rows, published, tables)
+    ours_point, ours_ci = interval_estimate(ours, aggregate_metrics, reps, seed)
+    theirs_point, theirs_ci = interval_estimate(theirs, aggregate_metrics, reps, seed)
+    expected, draws = subsample_range(theirs, len(ours), reps, seed)
+    return {"games": games, "runs_per_game": len(ours), "published_runs_per_game": len(theirs),
+            "ours": (ours_point, ours_ci), "published": (theirs_point, theirs_ci), "expected": expected,
+            "share_of_draws_below": (draws < ours_point).mean(axis=0), "ours_matrix": ours}
+
+
+def print_comparison(c: dict) -> None:
+    n = c["runs_per_game"]
+    print(f"\nHuman-normalised aggregates on {len(c['games'])} games, 95% CIs (stratified bootstrap); the last "
+          f"columns: {n} published run(s) per game drawn at random, where ours falls if it is their agent\n")
+    print(f"| metric | ours ({n} run(s) per game) | published ({c['published_runs_per_game']} runs per game) | "
+          f"published, {n} run(s) per game: 95% range | draws below ours |\n|---|---|---|---|---|")
+    (op, oc), (tp, tc), e = c["ours"], c["published"], c["expected"]
+    for i, name in enumerate(METRICS):
+        print(f"| {name} | {op[i]:.3f} ({oc[0, i]:.3f} to {oc[1, i]:.3f}) | {tp[i]:.3f} ({tc[0, i]:.3f} to {tc[1, i]:.3f}) | "
+              f"{e[0, i]:.3f} to {e[1, i]:.3f} | {c['share_of_draws_below'][i]:.1%} |")
+
+
+def plot_against_published(rows: list[dict], tables: dict, summary: dict, path: str) -> None:
+    """Left: each game's published 5-95% range and mean with our runs on it (human-normalised).
+    Right: the empirical distribution of our percentiles against the uniform (ours = theirs)."""
+    games = sorted({r["game"] for r in rows}, key=natural_key, reverse=True)  # first game on top
+    y = {g: i for i, g in enumerate(games)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.28 * len(games) + 1.5), gridspec_kw={"width_ratios": [3, 2]})
+    for g in games:
+        row = tables[table_key(g)]
+        first = next(r for r in rows if r["game"] == g)
+        p5, p95, mean = (normalise(first[k], row) for k in ("published_p5", "published_p95", "published_mean"))
+        left.plot([p5, p95], [y[g], y[g]], color="0.7", lw=5, solid_capstyle="butt", label="published 5-95%" if g == games[0] else None)
+        left.plot([mean], [y[g]], "|", color="0.2", ms=12, mew=2, label="published mean" if g == games[0] else None)
+    ours = [(normalise(r["score"], tables[table_key(r["game"])]), y[r["game"]]) for r in rows]
+    left.plot(*zip(*ours), "o", color="tab:blue", ms=4, alpha=0.8, label="ours, one run each")
+    left.set_xscale("symlog", linthresh=1.0)
+    left.set_yticks(range(len(games)), games)
+    left.set_xlabel("Human Normalized Score (symlog)")
+    left.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=3, fontsize="small", frameon=False)
+    p = np.sort([r["percentile"] for r in rows])
+    right.step(np.concatenate([[0], p, [1]]), np.concatenate([[0], np.arange(1, len(p) + 1) / len(p), [1]]), where="post",
+               label=f"ours: mean {summary['mean_percentile']:.2f}")
+    right.plot([0, 1], [0, 1], "--", color="0.5", label="uniform: ours = theirs")
+    right.set_xlabel("percentile among the published runs of its game")
+    right.set_ylabel("fraction of our runs")
+    right.set_title(f"{summary['runs']} runs, KS p = {summary['ks_p_value']:.3f}", fontsize="medium")
+    right.legend(loc="upper left", fontsize="small")
+    save(fig, path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders of one agent (searched recursively)")
     parser.add_argument("--published", required=True, help="JSON {game: [final score of each published run]}")
     parser.add_argument("--out", help="CSV file of the per-run rows")
+    parser.add_argument("--plot", help="PNG file: our runs against the published spread, game by game")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples and published draws")
     args = parser.parse_args(argv)
     try:
         rows, s = rank(args.runs, load_published(args.published))
+        tables = load_tables(default_tables())
+        comparison = compare_aggregates(rows, load_published(args.published), tables, args.reps)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -89,6 +182,9 @@ def main(argv=None) -> int:
     print(f"\n{s['runs']} runs on {s['games']} games: mean percentile {s['mean_percentile']:.3f} "
           f"(0.5 +- {s['standard_error_if_same']:.3f} if ours were the published agent); "
           f"Kolmogorov-Smirnov against uniform: D = {s['ks_statistic']:.3f}, p = {s['ks_p_value']:.3f}")
+    print_comparison(comparison)
+    if args.plot:
+        plot_against_published(rows, tables, s, args.plot)
     if len(names) > 1:
         print(f"warning: runs of {len(names)} experiments ranked together ({', '.join(names)})", file=sys.stderr)
     if args.out:

@@ -505,3 +505,28 @@ def test_percentiles_among_published_runs(tmp_path, capsys):
     assert len(read_csv(tmp_path / "r.csv")) == 20
     assert rank_against_published.main([str(same), "--published", str(tmp_path / "missing.json")]) == 2
     assert "cannot read --published" in capsys.readouterr().err
+
+
+def test_aggregates_against_published_runs_at_our_sample_size(tmp_path):
+    """Our aggregates sit inside the range of equally many published runs per game when ours are
+    published runs, and above all of it when every run of ours beats theirs; the plot is written."""
+    rng = np.random.default_rng(0)
+    games = ["Pong", "Breakout", "Seaquest", "Alien"]
+    tables = aggregate.load_tables(aggregate.default_tables())
+    published = {aggregate.table_key(g): rng.normal(100.0 * (i + 1), 20.0, 100) for i, g in enumerate(games)}
+
+    def rows_of(scores_of):
+        return [{"game": g, "seed": s, "score": float(scores_of(g, s)), "percentile": 0.5, "published_mean": 1.0,
+                 "published_p5": 0.0, "published_p95": 2.0} for g in games for s in range(3)]
+
+    same = rank_against_published.compare_aggregates(rows_of(lambda g, s: published[aggregate.table_key(g)][s]),
+                                                     published, tables, reps=300)
+    assert same["runs_per_game"] == 3 and same["published_runs_per_game"] == 100
+    iqm, gap = same["ours"][0][0], same["ours"][0][3]
+    assert same["expected"][0, 0] <= iqm <= same["expected"][1, 0] and same["expected"][0, 3] <= gap <= same["expected"][1, 3]
+    best = rank_against_published.compare_aggregates(rows_of(lambda g, s: published[aggregate.table_key(g)].max() + 1 + s),
+                                                     published, tables, reps=300)
+    assert best["share_of_draws_below"][0] == 1.0 and best["share_of_draws_below"][3] == 0.0  # gap: lower is better
+    summary = {"mean_percentile": 0.5, "runs": 12, "ks_p_value": 1.0}
+    rank_against_published.plot_against_published(rows_of(lambda g, s: 1.0), tables, summary, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0

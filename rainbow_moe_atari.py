@@ -164,6 +164,9 @@ class Args:
     """capture the update and the action selection in CUDA graphs"""
     compile: bool = False
     """torch.compile the update and the action selection"""
+    triton_convs: bool = True
+    """on CUDA, the Impala encoder's 3x3 convolutions in this file's Triton kernels (faster than
+    cuDNN at batch 32; the same TF32 arithmetic); --no-triton-convs: cuDNN's"""
 
 
 # ============================================================================================
@@ -333,6 +336,8 @@ class SameConv2d(nn.Conv2d):
         nn.init.zeros_(self.bias)
 
     def forward(self, x):
+        if conv_kernel_applies(self, x):  # 3x3 stride 1 on CUDA: the Triton kernels of the conv_kernels block
+            return conv3x3_same(x, self.weight, self.bias)
         (h0, h1), (w0, w1) = (same_padding(s, self.kernel_size[0], self.stride[0]) for s in x.shape[-2:])
         if (h0, w0) == (h1, w1):  # symmetric: the convolution pads by itself (no extra kernel)
             return F.conv2d(x, self.weight, self.bias, self.stride, (h0, w0))
@@ -1222,7 +1227,8 @@ def load_checkpoint(path: str) -> dict:
 
 # Flags that may differ between a run and its resumption; every other one must match.
 RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
-                   "capture_video", "device", "cudagraphs", "compile", "log_every", "runs_dir", "exp_name"}
+                   "capture_video", "device", "cudagraphs", "compile", "triton_convs", "log_every", "runs_dir",
+                   "exp_name"}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
@@ -1251,11 +1257,14 @@ def check_resume_flags(saved: dict, args) -> None:
 
 
 # ---- block: speed ----
-def configure_backends(device, deterministic: bool) -> None:
+def configure_backends(device, deterministic: bool, triton_convs: bool = False) -> None:
     """Deterministic cudnn kernels, or let cudnn time its kernels and keep the fastest (a few %
-    faster on the GPU); TF32 matrix units for float32 matmuls and convolutions on the GPU."""
+    faster on the GPU); TF32 matrix units for float32 matmuls and convolutions on the GPU; the
+    Triton 3x3 convolutions (conv_kernels block) where asked for and available."""
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+    CONV_KERNELS["on"] = triton_convs and triton_convs_available(device)
+    CONV_KERNELS["cpu"] = torch.device(device).type == "cpu"
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -1294,6 +1303,218 @@ class CapturedStep:
         self.graph.replay()
         return self.out
 # ---- end block: speed ----
+
+
+# ---- block: conv_kernels ----
+# The Impala encoder's 3x3 stride-1 'SAME' convolutions as Triton kernels, on CUDA: at batch 32 and
+# 16-32 channels cuDNN's kernels are far from what the memory allows, and these make the whole DQN
+# update about a quarter faster (benchmark/RESULTS.md, fifth pass). Same arithmetic as cuDNN's with
+# TF32 (TF32 products, float32 sums), in a fixed order: the sums are deterministic. Tensors are
+# channels-last, so a pixel's channels sit side by side: an implicit matrix product over M = N*H*W
+# pixels and K = 9 taps x C input channels. Without Triton, or on the CPU, nn.Conv2d runs.
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+CONV_KERNELS = {"on": False, "cpu": False}  # configure_backends(..., triton_convs=True) turns them on
+CONV_BLOCK_M, CONV_WARPS = 64, 4  # forward and data gradient: pixels per program (H200 probe)
+WGRAD_BLOCK_M, WGRAD_PROGRAMS = 128, 528  # weight gradient: pixels per step, programs sharing the pixels
+WGRAD_SUM_BLOCK = 64  # partial sums added per step of the final sum
+
+
+def triton_convs_available(device) -> bool:
+    """On CUDA, or on the CPU under Triton's interpreter (TRITON_INTERPRET=1, for the tests)."""
+    return triton is not None and (torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def conv_kernel_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """3x3, stride 1, float32, at most 32 channels (wider layers are cuDNN's: it was faster there),
+    and int32 offsets."""
+    return (CONV_KERNELS["on"] and (x.is_cuda or CONV_KERNELS["cpu"]) and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and x.dtype == torch.float32
+            and max(conv.in_channels, conv.out_channels) <= 32
+            and x.shape[0] * max(conv.in_channels, conv.out_channels) * x.shape[2] * x.shape[3] < 2**31)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN: tl.constexpr):
+        """x at the pixels offs_m shifted by the taps of offs_k (tap-major, then channel): the
+        (BLOCK_M, BLOCK_K) tile of the implicit im2col matrix, zero outside the image ('SAME')."""
+        col = offs_m % W
+        row = (offs_m // W) % H
+        img = offs_m // (W * H)
+        tap = offs_k // CIN
+        hh = row[:, None] + (tap // 3 - 1)[None, :]
+        ww = col[:, None] + (tap % 3 - 1)[None, :]
+        ok = (offs_m < M)[:, None] & (offs_k < 9 * CIN)[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        return tl.load(x_ptr + ((img[:, None] * H + hh) * W + ww) * CIN + (offs_k % CIN)[None, :], mask=ok, other=0.0)
+
+    @triton.jit
+    def _conv3x3_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, H, W, CIN: tl.constexpr, COUT: tl.constexpr,
+                        COUT_PAD: tl.constexpr, S_O: tl.constexpr, S_C: tl.constexpr, S_H: tl.constexpr,
+                        S_W: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
+        """y[m, o] = b[o] + sum over taps t and channels c of x[m + shift(t), c] w[o, c, t]. With
+        FLIP (taps mirrored, the caller swapping w's o and c strides) it is the data gradient."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_o = tl.arange(0, COUT_PAD)
+        acc = tl.zeros((BLOCK_M, COUT_PAD), dtype=tl.float32)
+        for k0 in tl.static_range(0, 9 * CIN, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            tap = offs_k // CIN
+            kh = tap // 3
+            kw = tap % 3
+            if FLIP:
+                kh = 2 - kh
+                kw = 2 - kw
+            w_offs = offs_o[None, :] * S_O + ((offs_k % CIN) * S_C + kh * S_H + kw * S_W)[:, None]
+            wt = tl.load(w_ptr + w_offs, mask=(offs_k < 9 * CIN)[:, None] & (offs_o < COUT)[None, :], other=0.0)
+            acc += tl.dot(_pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN), wt)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_o, mask=offs_o < COUT, other=0.0)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * COUT + offs_o[None, :], acc, mask=(offs_m < M)[:, None] & (offs_o < COUT)[None, :])
+
+    @triton.jit
+    def _conv3x3_wgrad_kernel(x_ptr, dy_ptr, part_ptr, bpart_ptr, M, H, W, CIN: tl.constexpr, COUT: tl.constexpr,
+                              COUT_PAD: tl.constexpr, K_PAD: tl.constexpr, STEPS: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Program (p, k) sums, over its STEPS x BLOCK_M pixels, x[m + shift(t), c] dy[m, o] for the
+        BLOCK_K rows (t, c) of chunk k, and (chunk 0) dy[m, o] for the bias."""
+        pid_m = tl.program_id(0)
+        offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        offs_o = tl.arange(0, COUT_PAD)
+        acc = tl.zeros((BLOCK_K, COUT_PAD), dtype=tl.float32)
+        bias_acc = tl.zeros((COUT_PAD,), dtype=tl.float32)
+        for step in range(STEPS):
+            offs_m = (pid_m * STEPS + step) * BLOCK_M + tl.arange(0, BLOCK_M)
+            dyt = tl.load(dy_ptr + offs_m[:, None] * COUT + offs_o[None, :],
+                          mask=(offs_m < M)[:, None] & (offs_o < COUT)[None, :], other=0.0)
+            acc += tl.dot(tl.trans(_pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN)), dyt)
+            bias_acc += tl.sum(dyt, axis=0)
+        tl.store(part_ptr + (pid_m * K_PAD + offs_k[:, None]) * COUT_PAD + offs_o[None, :], acc)
+        if tl.program_id(1) == 0:
+            tl.store(bpart_ptr + pid_m * COUT_PAD + offs_o, bias_acc)
+
+    @triton.jit
+    def _conv3x3_wgrad_sum_kernel(part_ptr, bpart_ptr, dw_ptr, db_ptr, P: tl.constexpr, CIN: tl.constexpr,
+                                  COUT: tl.constexpr, COUT_PAD: tl.constexpr, K_PAD: tl.constexpr,
+                                  S_O: tl.constexpr, S_C: tl.constexpr, S_H: tl.constexpr, S_W: tl.constexpr,
+                                  BLOCK_P: tl.constexpr):
+        """Row k = (t, c) of the weight gradient: the sum of the P programs' partial sums, written
+        into dw[:, c, t] (and, from row 0, the bias gradient)."""
+        k = tl.program_id(0)
+        offs_o = tl.arange(0, COUT_PAD)
+        acc = tl.zeros((COUT_PAD,), dtype=tl.float32)
+        bias_acc = tl.zeros((COUT_PAD,), dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            acc += tl.sum(tl.load(part_ptr + (offs_p[:, None] * K_PAD + k) * COUT_PAD + offs_o[None, :],
+                                  mask=(offs_p < P)[:, None], other=0.0), axis=0)
+            if k == 0:
+                bias_acc += tl.sum(tl.load(bpart_ptr + offs_p[:, None] * COUT_PAD + offs_o[None, :],
+                                           mask=(offs_p < P)[:, None], other=0.0), axis=0)
+        if k < 9 * CIN:
+            tap, c = k // CIN, k % CIN
+            tl.store(dw_ptr + offs_o * S_O + c * S_C + (tap // 3) * S_H + (tap % 3) * S_W, acc, mask=offs_o < COUT)
+        if k == 0:
+            tl.store(db_ptr + offs_o, bias_acc, mask=offs_o < COUT)
+
+
+def _conv_sizes(cin: int, cout: int) -> tuple[int, int]:
+    """K chunk (one tap of 16/32 channels, else 16 columns across taps) and COUT padded to a power
+    of two >= 16 (what tl.dot takes)."""
+    return (cin if cin in (16, 32) else 16), max(16, 1 << (cout - 1).bit_length())
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], data_grad: bool = False) -> torch.Tensor:
+    """The convolution of x by w (O, C, 3, 3); with data_grad, x is dy and the result dx."""
+    x = _channels_last(x)
+    n, cin, h, width = x.shape
+    s_o, s_c, s_h, s_w = w.stride()
+    if data_grad:
+        s_o, s_c = s_c, s_o
+    cout = w.shape[1] if data_grad else w.shape[0]
+    y = torch.empty((n, cout, h, width), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    block_k, cout_pad = _conv_sizes(cin, cout)
+    m = n * h * width
+    _conv3x3_kernel[(triton.cdiv(m, CONV_BLOCK_M),)](
+        x, w, w if b is None else b, y, m, h, width, CIN=cin, COUT=cout, COUT_PAD=cout_pad, S_O=s_o, S_C=s_c,
+        S_H=s_h, S_W=s_w, FLIP=data_grad, HAS_BIAS=b is not None, BLOCK_M=CONV_BLOCK_M, BLOCK_K=block_k,
+        num_warps=CONV_WARPS, num_stages=2)
+    return y
+
+
+def _conv3x3_weight_grad(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dw (laid out like w) and db: partial sums over slices of the pixels, then their sum, both in
+    a fixed order."""
+    x, dy = _channels_last(x), _channels_last(dy)
+    n, cin, h, width = x.shape
+    cout = dy.shape[1]
+    block_k, cout_pad = _conv_sizes(cin, cout)
+    k_pad = triton.cdiv(9 * cin, block_k) * block_k
+    m = n * h * width
+    blocks = triton.cdiv(m, WGRAD_BLOCK_M)
+    steps = triton.cdiv(blocks, WGRAD_PROGRAMS)
+    programs = triton.cdiv(blocks, steps)
+    part = torch.empty((programs, k_pad, cout_pad), device=x.device, dtype=torch.float32)
+    bias_part = torch.empty((programs, cout_pad), device=x.device, dtype=torch.float32)
+    _conv3x3_wgrad_kernel[(programs, k_pad // block_k)](
+        x, dy, part, bias_part, m, h, width, CIN=cin, COUT=cout, COUT_PAD=cout_pad, K_PAD=k_pad, STEPS=steps,
+        BLOCK_M=WGRAD_BLOCK_M, BLOCK_K=block_k, num_warps=4, num_stages=2)
+    dw, db = torch.empty_like(w), torch.empty((cout,), device=x.device, dtype=torch.float32)
+    _conv3x3_wgrad_sum_kernel[(k_pad,)](part, bias_part, dw, db, P=programs, CIN=cin, COUT=cout, COUT_PAD=cout_pad,
+                                        K_PAD=k_pad, S_O=dw.stride(0), S_C=dw.stride(1), S_H=dw.stride(2),
+                                        S_W=dw.stride(3), BLOCK_P=WGRAD_SUM_BLOCK, num_warps=2)
+    return dw, db
+
+
+# torch.compile sees the kernels as two opaque operators with their shapes (register_fake) and
+# their gradient (register_autograd); the name is per module, so that two agent files can share a process
+_OPS = "moe_rl_" + __name__.replace(".", "_")
+
+
+@torch.library.custom_op(f"{_OPS}::conv3x3", mutates_args=())
+def conv3x3_same(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """F.conv2d(x, w, b, padding=1) for 3x3 w, channels-last output."""
+    return _conv3x3(x, w, b)
+
+
+@conv3x3_same.register_fake
+def _(x, w, b):
+    return x.new_empty((x.shape[0], w.shape[0], *x.shape[2:])).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.custom_op(f"{_OPS}::conv3x3_backward", mutates_args=())
+def conv3x3_backward(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, need_dx: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx = _conv3x3(dy, w, None, data_grad=True) if need_dx else x.new_empty(0)
+    return (dx, *_conv3x3_weight_grad(x, dy, w))
+
+
+@conv3x3_backward.register_fake
+def _(x, w, dy, need_dx):
+    dx = x.new_empty(x.shape).contiguous(memory_format=torch.channels_last) if need_dx else x.new_empty(0)
+    return dx, torch.empty_like(w), w.new_empty(w.shape[0])
+
+
+def _conv3x3_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _conv3x3_grad(ctx, dy):
+    x, w = ctx.saved_tensors
+    dx, dw, db = conv3x3_backward(x, w, dy, ctx.needs_input_grad[0])
+    return (dx if ctx.needs_input_grad[0] else None), dw, db
+
+
+conv3x3_same.register_autograd(_conv3x3_grad, setup_context=_conv3x3_setup)
+# ---- end block: conv_kernels ----
 
 
 # ============================================================================================
@@ -1498,7 +1719,7 @@ def main(args: Args) -> str:
     env_id = resolve_env_id(args.env_id)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    configure_backends(device, args.torch_deterministic)
+    configure_backends(device, args.torch_deterministic, args.triton_convs)
 
     game = env_id.split("/")[-1].split("-")[0]
     checkpoint = None

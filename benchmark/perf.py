@@ -39,7 +39,8 @@ ATARI_100K = ("der", "drq")  # one environment, whole runs with evaluation: no t
 CONFIGS = {**CONFIGS, "softmoe4": dict(moe="soft", num_experts=4)}  # the paper's Atari 100k network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = {"eager": dict(), "captured": dict(cudagraphs=True, compile=True, torch_deterministic=False)}
+MODES = {"eager": dict(), "captured": dict(cudagraphs=True, compile=True, torch_deterministic=False),
+         "captured_cudnn": dict(cudagraphs=True, compile=True, torch_deterministic=False, triton_convs=False)}
 QUICK = dict(impala_channels=(4, 8, 8), expert_hidden=16, batch_size=8, buffer_size=4_000)
 FRAMES_PER_RUN = 200_000_000
 

@@ -4,7 +4,8 @@ change to the fast path (`--compile --cudagraphs --no-torch-deterministic`, chan
 For every agent it builds the agent's own update (`make_update_step`, a replay of random frames,
 batch 32) and times it, captured in a CUDA graph, under each variant:
 
-    fast           the agents' fast path as it is
+    fast           the agents' fast path as it is (the Impala 3x3 convolutions in Triton)
+    cudnn          the fast path with cuDNN's convolutions (`--no-triton-convs`)
     graph_only     CUDA graph without torch.compile (for reference)
     bf16           + bf16 autocast around the whole update (changes the numerics)
     limit0         + cudnn autotuning over every algorithm (`cudnn.benchmark_limit = 0`, default 10)
@@ -49,8 +50,9 @@ AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, t
     "der": ("der_moe_atari100k", dict(moe="soft", num_experts=4)),
     "drq": ("drq_moe_atari100k", dict(moe="soft", num_experts=4)),
 }
-VARIANTS = ("fast", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "target_stream")
+VARIANTS = ("fast", "cudnn", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "target_stream")
 KINDS = [  # (kind, pattern on the kernel name), first match wins
+    ("conv forward + data grad (Triton)", r"_conv3x3_kernel"),
     ("conv weight grad", r"wgrad|init_device_workspace"),
     ("conv data grad", r"dgrad"),
     ("conv forward", r"fprop|convolve_common|converttensor"),
@@ -72,7 +74,7 @@ def build_update(agent, args, variant: str, device):
     torch.backends.cudnn.benchmark_limit = 0 if variant == "limit0" else 10
     fmt = torch.contiguous_format if variant == "nchw" else None
     adam = dict(fused=True) if variant == "fused_adam" else dict(capturable=True)
-    plain = dataclasses.replace(args, compile=False, cudagraphs=False)
+    plain = dataclasses.replace(args, compile=False, cudagraphs=False, triton_convs=variant != "cudnn")
     parts = update_parts(agent, plain, device, fmt, adam)
     if variant == "target_stream":
         return target_on_side_stream(agent, args, parts)

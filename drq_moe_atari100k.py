@@ -1288,7 +1288,7 @@ def configure_backends(device, deterministic: bool, triton_convs: bool = False) 
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     CONV_KERNELS["on"] = triton_convs and triton_convs_available(device)
-    CONV_KERNELS["cpu"] = torch.device(device).type == "cpu"
+    CONV_KERNELS["on_cpu"] = torch.device(device).type == "cpu"  # the interpreter; on CUDA, CPU tensors keep cuDNN
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -1332,7 +1332,7 @@ class CapturedStep:
 # ---- block: conv_kernels ----
 # The Impala encoder's 3x3 stride-1 'SAME' convolutions as Triton kernels, on CUDA: at batch 32 and
 # 16-32 channels cuDNN's kernels are far from what the memory allows, and these make the whole DQN
-# update about a quarter faster (benchmark/RESULTS.md, fifth pass). Same arithmetic as cuDNN's with
+# update 31% faster (benchmark/RESULTS.md, fifth pass). Same arithmetic as cuDNN's with
 # TF32 (TF32 products, float32 sums), in a fixed order: the sums are deterministic. Tensors are
 # channels-last, so a pixel's channels sit side by side: an implicit matrix product over M = N*H*W
 # pixels and K = 9 taps x C input channels. Without Triton, or on the CPU, nn.Conv2d runs.
@@ -1342,7 +1342,7 @@ try:
 except ImportError:
     triton = None
 
-CONV_KERNELS = {"on": False, "cpu": False}  # configure_backends(..., triton_convs=True) turns them on
+CONV_KERNELS = {"on": False, "on_cpu": False}  # set by configure_backends(..., triton_convs=True)
 CONV_BLOCK_M, CONV_WARPS = 64, 4  # forward and data gradient: pixels per program (H200 probe)
 WGRAD_BLOCK_M, WGRAD_PROGRAMS = 128, 528  # weight gradient: pixels per step, programs sharing the pixels
 WGRAD_SUM_BLOCK = 64  # partial sums added per step of the final sum
@@ -1356,8 +1356,8 @@ def triton_convs_available(device) -> bool:
 def conv_kernel_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """3x3, stride 1, float32, at most 32 channels (wider layers are cuDNN's: it was faster there),
     and int32 offsets."""
-    return (CONV_KERNELS["on"] and (x.is_cuda or CONV_KERNELS["cpu"]) and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and x.dtype == torch.float32
-            and max(conv.in_channels, conv.out_channels) <= 32
+    return (CONV_KERNELS["on"] and (x.is_cuda or CONV_KERNELS["on_cpu"]) and x.dtype == torch.float32
+            and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and max(conv.in_channels, conv.out_channels) <= 32
             and x.shape[0] * max(conv.in_channels, conv.out_channels) * x.shape[2] * x.shape[3] < 2**31)
 
 

@@ -11,7 +11,8 @@ BEGIN = re.compile(r"^# ---- block: (\S+) ----$", re.M)
 END = re.compile(r"^# ---- end block: (\S+) ----$", re.M)
 BLOCK = re.compile(r"^# ---- block: (\S+) ----\n(.*?)^# ---- end block: \1 ----$", re.M | re.S)
 AGENTS = sorted(glob.glob(os.path.join(ROOT, "*.py")))
-ATARI_BLOCKS = {"encoders", "tokenizers", "moe", "replay", "metrics", "logging", "checkpoint", "speed"}
+ATARI_BLOCKS = {"encoders", "tokenizers", "moe", "replay", "metrics", "logging", "checkpoint", "speed",
+                "conv_kernels"}
 
 
 def blocks_of(path):

@@ -121,9 +121,9 @@ def test_kernels_stay_off_where_they_cannot_run():
         if os.environ.get("TRITON_INTERPRET") != "1":
             dqn.configure_backends("cpu", True, triton_convs=True)
             assert not dqn.CONV_KERNELS["on"]
-        dqn.CONV_KERNELS.update(on=True, cpu=False)  # what configure_backends("cuda", ..., True) sets
+        dqn.CONV_KERNELS.update(on=True, on_cpu=False)  # what configure_backends("cuda", ..., True) sets
         assert not dqn.conv_kernel_applies(conv, x)
-        dqn.CONV_KERNELS.update(cpu=True)
+        dqn.CONV_KERNELS.update(on_cpu=True)
         assert dqn.conv_kernel_applies(conv, x)
         assert not dqn.conv_kernel_applies(dqn.SameConv2d(16, 16, 4), x)  # appendix D's 4x4 filters: cuDNN
         assert not dqn.conv_kernel_applies(dqn.SameConv2d(32, 64, 3), dqn.torch.rand(1, 32, 5, 5))  # wide: cuDNN

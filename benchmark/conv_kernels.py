@@ -20,8 +20,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import dqn_moe_atari as agent  # noqa: E402  (the block is the same in every agent file)
+from bench_atari import timed  # noqa: E402
 
 
 def layer_shapes(channels: tuple[int, ...], size: int = 84) -> list[tuple[int, int, int, int]]:
@@ -37,25 +39,11 @@ def layer_shapes(channels: tuple[int, ...], size: int = 84) -> list[tuple[int, i
 
 
 def graph_us(fn, calls: int = 20, replays: int = 30) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
+    """Median us per call of fn, from replays of a CUDA graph that holds `calls` calls."""
+    step = agent.CapturedStep(lambda: [fn() for _ in range(calls)], enabled=True)
+    for _ in range(5):  # eager warm-up calls, then the capture
+        step()
+    return 1e3 * statistics.median(timed(step, torch.device("cuda"), replays)) / calls
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

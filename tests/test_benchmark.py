@@ -130,3 +130,25 @@ def test_profile_loop_quick(tmp_path):
     assert set(parts) == {"emulator", "act", "update", "replay", "other"}
     assert all(us > 0 for us in parts.values()), parts
     assert sum(parts.values()) == pytest.approx(1e6 * result["profiled_seconds"] / 100)
+
+
+
+def test_conv_kernels_benchmark_covers_every_impala_convolution():
+    """benchmark/conv_kernels.py times the shapes of exactly the 3x3 convolutions that an Impala
+    encoder runs (read off the encoder itself), and on a machine without a GPU says so in one line."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import conv_kernels
+    import dqn_moe_atari as dqn
+
+    encoder = dqn.nn.Sequential(*dqn.encoder_stages("impala", 4, (16, 32, 32)))
+    seen = []
+    for conv in encoder.modules():
+        if isinstance(conv, dqn.SameConv2d):
+            conv.register_forward_pre_hook(lambda m, inp: seen.append((m.in_channels, m.out_channels, inp[0].shape[-1])))
+    with dqn.torch.no_grad():
+        encoder(dqn.torch.zeros(1, 4, 84, 84))
+    listed = [(cin, cout, side) for cin, cout, side, count in conv_kernels.layer_shapes((16, 32, 32)) for _ in range(count)]
+    assert sorted(seen) == sorted(listed) and len(seen) == 15
+    if not dqn.torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, "benchmark/conv_kernels.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: ")

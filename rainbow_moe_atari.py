@@ -335,9 +335,11 @@ class SameConv2d(nn.Conv2d):
             lecun_normal_(self.weight, fan_in=in_ch * kernel * kernel)
         nn.init.zeros_(self.bias)
 
-    def forward(self, x):
+    def forward(self, x, relu_input: bool = False):
+        """The convolution of x, or of F.relu(x) with relu_input (fused into the Triton kernels)."""
         if conv_kernel_applies(self, x):  # 3x3 stride 1 on CUDA: the Triton kernels of the conv_kernels block
-            return conv3x3_same(x, self.weight, self.bias)
+            return conv3x3_same(x, self.weight, self.bias, relu_input)
+        x = F.relu(x) if relu_input else x
         (h0, h1), (w0, w1) = (same_padding(s, self.kernel_size[0], self.stride[0]) for s in x.shape[-2:])
         if (h0, w0) == (h1, w1):  # symmetric: the convolution pads by itself (no extra kernel)
             return F.conv2d(x, self.weight, self.bias, self.stride, (h0, w0))
@@ -345,6 +347,8 @@ class SameConv2d(nn.Conv2d):
 
 
 def max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    if pool_kernel_applies(x, kernel, stride):  # on CUDA: the Triton kernels of the conv_kernels block
+        return max_pool3x3_same(x)[0]
     (h0, h1), (w0, w1) = (same_padding(s, kernel, stride) for s in x.shape[-2:])
     if (h0, w0) == (h1, w1):
         return F.max_pool2d(x, kernel, stride, padding=(h0, w0))  # pads with -inf
@@ -352,8 +356,9 @@ def max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Te
 
 
 class ResidualBlock(nn.Module):
-    """relu -> conv -> relu -> conv, plus the input. The official code leaves these two convs at
-    flax's default initialiser (lecun_normal), unlike every other layer."""
+    """relu -> conv -> relu -> conv, plus the input; each conv applies the ReLU before it (inside
+    its kernels on the GPU). The official code leaves these two convs at flax's default
+    initialiser (lecun_normal), unlike every other layer."""
 
     def __init__(self, channels: int, kernel: int):
         super().__init__()
@@ -361,7 +366,7 @@ class ResidualBlock(nn.Module):
         self.conv1 = SameConv2d(channels, channels, kernel, init="lecun")
 
     def forward(self, x):
-        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+        return x + self.conv1(self.conv0(x, relu_input=True), relu_input=True)
 
 
 class ImpalaStack(nn.Module):
@@ -396,8 +401,12 @@ def encoder_stages(kind: str, in_ch: int = 4, impala_channels=(16, 32, 32), filt
 
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> float in [0, 1]; float frames (already scaled, e.g. augmented) pass through."""
-    return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
+    """uint8 frames -> float in [0, 1], channels-last on the GPU like the network (memory_format);
+    float frames (already scaled, e.g. augmented) pass through."""
+    if obs.dtype != torch.uint8:
+        return obs
+    x = obs.float() / 255.0
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 # ---- end block: encoders ----
 
 
@@ -1320,8 +1329,10 @@ except ImportError:
 
 CONV_KERNELS = {"on": False, "on_cpu": False}  # set by configure_backends(..., triton_convs=True)
 CONV_BLOCK_M, CONV_WARPS = 64, 4  # forward and data gradient: pixels per program (H200 probe)
-WGRAD_BLOCK_M, WGRAD_PROGRAMS = 128, 528  # weight gradient: pixels per step, programs sharing the pixels
-WGRAD_SUM_BLOCK = 64  # partial sums added per step of the final sum
+WGRAD_BLOCK_M, WGRAD_PROGRAMS, WGRAD_WARPS = 128, 264, 4  # weight gradient: pixels per step, programs sharing the pixels
+WGRAD_K_SPLIT, WGRAD_STAGES = 3, 2  # programs sharing the 9 taps of a slice of pixels; software pipelining
+WGRAD_SUM_BLOCK, WGRAD_SUM_COLUMNS = 32, 128  # final sum: partial sums added per step, columns per program
+POOL_BLOCK = 1024  # max-pool: outputs (forward) or inputs (backward) per program
 
 
 def triton_convs_available(device) -> bool:
@@ -1337,12 +1348,19 @@ def conv_kernel_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
             and x.shape[0] * max(conv.in_channels, conv.out_channels) * x.shape[2] * x.shape[3] < 2**31)
 
 
+
+def pool_kernel_applies(x: torch.Tensor, kernel: int, stride: int) -> bool:
+    """The Impala encoder's 3x3 stride-2 'SAME' max-pool, float32, where the convolutions' kernels run."""
+    return (CONV_KERNELS["on"] and (x.is_cuda or CONV_KERNELS["on_cpu"]) and x.dtype == torch.float32
+            and (kernel, stride) == (3, 2) and x.numel() < 2**31)
+
 if triton is not None:
 
     @triton.jit
-    def _pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN: tl.constexpr):
-        """x at the pixels offs_m shifted by the taps of offs_k (tap-major, then channel): the
-        (BLOCK_M, BLOCK_K) tile of the implicit im2col matrix, zero outside the image ('SAME')."""
+    def _pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN: tl.constexpr, RELU: tl.constexpr):
+        """x (relu(x) with RELU) at the pixels offs_m shifted by the taps of offs_k (tap-major,
+        then channel): the (BLOCK_M, BLOCK_K) tile of the implicit im2col matrix, zero outside
+        the image ('SAME')."""
         col = offs_m % W
         row = (offs_m // W) % H
         img = offs_m // (W * H)
@@ -1350,15 +1368,20 @@ if triton is not None:
         hh = row[:, None] + (tap // 3 - 1)[None, :]
         ww = col[:, None] + (tap % 3 - 1)[None, :]
         ok = (offs_m < M)[:, None] & (offs_k < 9 * CIN)[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        return tl.load(x_ptr + ((img[:, None] * H + hh) * W + ww) * CIN + (offs_k % CIN)[None, :], mask=ok, other=0.0)
+        tile = tl.load(x_ptr + ((img[:, None] * H + hh) * W + ww) * CIN + (offs_k % CIN)[None, :], mask=ok, other=0.0)
+        if RELU:
+            tile = tl.where((tile > 0) | (tile != tile), tile, 0.0)  # F.relu: NaN stays NaN
+        return tile
 
     @triton.jit
     def _conv3x3_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, H, W, CIN: tl.constexpr, COUT: tl.constexpr,
                         COUT_PAD: tl.constexpr, S_O: tl.constexpr, S_C: tl.constexpr, S_H: tl.constexpr,
-                        S_W: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
-        """y[m, o] = b[o] + sum over taps t and channels c of x[m + shift(t), c] w[o, c, t]. With
-        FLIP (taps mirrored, the caller swapping w's o and c strides) it is the data gradient."""
+                        S_W: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU_IN: tl.constexpr,
+                        MASK_OUT: tl.constexpr, mask_ptr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """y[m, o] = b[o] + sum over taps t and channels c of x[m + shift(t), c] w[o, c, t], with
+        relu(x) for RELU_IN. With FLIP (taps mirrored, the caller swapping w's o and c strides) it
+        is the data gradient; MASK_OUT then zeroes y where mask <= 0 (the gradient through the
+        ReLU that RELU_IN applied in the forward pass)."""
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_o = tl.arange(0, COUT_PAD)
         acc = tl.zeros((BLOCK_M, COUT_PAD), dtype=tl.float32)
@@ -1372,55 +1395,112 @@ if triton is not None:
                 kw = 2 - kw
             w_offs = offs_o[None, :] * S_O + ((offs_k % CIN) * S_C + kh * S_H + kw * S_W)[:, None]
             wt = tl.load(w_ptr + w_offs, mask=(offs_k < 9 * CIN)[:, None] & (offs_o < COUT)[None, :], other=0.0)
-            acc += tl.dot(_pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN), wt)
+            acc += tl.dot(_pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN, RELU_IN), wt)
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_o, mask=offs_o < COUT, other=0.0)[None, :]
-        tl.store(y_ptr + offs_m[:, None] * COUT + offs_o[None, :], acc, mask=(offs_m < M)[:, None] & (offs_o < COUT)[None, :])
+        out = offs_m[:, None] * COUT + offs_o[None, :]
+        in_y = (offs_m < M)[:, None] & (offs_o < COUT)[None, :]
+        if MASK_OUT:
+            acc = tl.where(tl.load(mask_ptr + out, mask=in_y, other=0.0) > 0, acc, 0.0)
+        tl.store(y_ptr + out, acc, mask=in_y)
 
     @triton.jit
-    def _conv3x3_wgrad_kernel(x_ptr, dy_ptr, part_ptr, bpart_ptr, M, H, W, CIN: tl.constexpr, COUT: tl.constexpr,
-                              COUT_PAD: tl.constexpr, K_PAD: tl.constexpr, STEPS: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Program (p, k) sums, over its STEPS x BLOCK_M pixels, x[m + shift(t), c] dy[m, o] for the
-        BLOCK_K rows (t, c) of chunk k, and (chunk 0) dy[m, o] for the bias."""
-        pid_m = tl.program_id(0)
-        offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    def _conv3x3_wgrad_kernel(x_ptr, dy_ptr, part_ptr, M, H, W, CIN: tl.constexpr, COUT: tl.constexpr,
+                              COUT_PAD: tl.constexpr, BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr,
+                              STEPS: tl.constexpr, BLOCK_M: tl.constexpr, RELU_IN: tl.constexpr):
+        """Program (p, s) sums dy[m, o] x[m + shift(t), c] (relu(x) for RELU_IN) over its STEPS x BLOCK_M pixels for the
+        rows k = (t, c) of K chunks s*CHUNKS .. (s+1)*CHUNKS-1, one accumulator per chunk (dy is
+        read once for them all; the shifted x tiles overlap in the cache), and (s = 0) dy[m, o]
+        for the bias. Its partial sums go to row p: (o, k) at o * 9 CIN + k, the bias after them."""
         offs_o = tl.arange(0, COUT_PAD)
-        acc = tl.zeros((BLOCK_K, COUT_PAD), dtype=tl.float32)
+        k_first = tl.program_id(1) * CHUNKS * BLOCK_K
+        offs_kc = tl.arange(0, BLOCK_K)
+        accs = (tl.zeros((COUT_PAD, BLOCK_K), dtype=tl.float32),) * CHUNKS
         bias_acc = tl.zeros((COUT_PAD,), dtype=tl.float32)
         for step in range(STEPS):
-            offs_m = (pid_m * STEPS + step) * BLOCK_M + tl.arange(0, BLOCK_M)
+            offs_m = (tl.program_id(0) * STEPS + step) * BLOCK_M + tl.arange(0, BLOCK_M)
             dyt = tl.load(dy_ptr + offs_m[:, None] * COUT + offs_o[None, :],
                           mask=(offs_m < M)[:, None] & (offs_o < COUT)[None, :], other=0.0)
-            acc += tl.dot(tl.trans(_pixel_tile(x_ptr, offs_m, offs_k, M, H, W, CIN)), dyt)
+            dy_t = tl.trans(dyt)
+            summed = ()
+            for chunk in tl.static_range(CHUNKS):
+                x_tile = _pixel_tile(x_ptr, offs_m, k_first + chunk * BLOCK_K + offs_kc, M, H, W, CIN, RELU_IN)
+                summed = summed + (accs[chunk] + tl.dot(dy_t, x_tile),)
+            accs = summed
             bias_acc += tl.sum(dyt, axis=0)
-        tl.store(part_ptr + (pid_m * K_PAD + offs_k[:, None]) * COUT_PAD + offs_o[None, :], acc)
+        row = part_ptr + tl.program_id(0) * (COUT * 9 * CIN + COUT)
+        for chunk in tl.static_range(CHUNKS):
+            offs_k = k_first + chunk * BLOCK_K + offs_kc
+            tl.store(row + offs_o[:, None] * (9 * CIN) + offs_k[None, :], accs[chunk],
+                     mask=(offs_o < COUT)[:, None] & (offs_k < 9 * CIN)[None, :])
         if tl.program_id(1) == 0:
-            tl.store(bpart_ptr + pid_m * COUT_PAD + offs_o, bias_acc)
+            tl.store(row + COUT * 9 * CIN + offs_o, bias_acc, mask=offs_o < COUT)
 
     @triton.jit
-    def _conv3x3_wgrad_sum_kernel(part_ptr, bpart_ptr, dw_ptr, db_ptr, P: tl.constexpr, CIN: tl.constexpr,
-                                  COUT: tl.constexpr, COUT_PAD: tl.constexpr, K_PAD: tl.constexpr,
+    def _conv3x3_wgrad_sum_kernel(part_ptr, dw_ptr, db_ptr, P: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                                   S_O: tl.constexpr, S_C: tl.constexpr, S_H: tl.constexpr, S_W: tl.constexpr,
-                                  BLOCK_P: tl.constexpr):
-        """Row k = (t, c) of the weight gradient: the sum of the P programs' partial sums, written
-        into dw[:, c, t] (and, from row 0, the bias gradient)."""
-        k = tl.program_id(0)
-        offs_o = tl.arange(0, COUT_PAD)
-        acc = tl.zeros((COUT_PAD,), dtype=tl.float32)
-        bias_acc = tl.zeros((COUT_PAD,), dtype=tl.float32)
+                                  BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr):
+        """Columns f of the P programs' partial sums, added in program order: f = (o, t, c) goes
+        to dw[o, c, t] in dw's own layout, the last COUT columns to the bias gradient."""
+        F: tl.constexpr = COUT * 9 * CIN + COUT
+        offs_f = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
+        acc = tl.zeros((BLOCK_F,), dtype=tl.float32)
         for p0 in range(0, P, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
-            acc += tl.sum(tl.load(part_ptr + (offs_p[:, None] * K_PAD + k) * COUT_PAD + offs_o[None, :],
-                                  mask=(offs_p < P)[:, None], other=0.0), axis=0)
-            if k == 0:
-                bias_acc += tl.sum(tl.load(bpart_ptr + offs_p[:, None] * COUT_PAD + offs_o[None, :],
-                                           mask=(offs_p < P)[:, None], other=0.0), axis=0)
-        if k < 9 * CIN:
-            tap, c = k // CIN, k % CIN
-            tl.store(dw_ptr + offs_o * S_O + c * S_C + (tap // 3) * S_H + (tap % 3) * S_W, acc, mask=offs_o < COUT)
-        if k == 0:
-            tl.store(db_ptr + offs_o, bias_acc, mask=offs_o < COUT)
+            acc += tl.sum(tl.load(part_ptr + offs_p[:, None] * F + offs_f[None, :],
+                                  mask=(offs_p < P)[:, None] & (offs_f < F)[None, :], other=0.0), axis=0)
+        o, k = offs_f // (9 * CIN), offs_f % (9 * CIN)
+        tap, c = k // CIN, k % CIN
+        is_w = offs_f < COUT * 9 * CIN
+        tl.store(dw_ptr + o * S_O + c * S_C + (tap // 3) * S_H + (tap % 3) * S_W, acc, mask=is_w)
+        tl.store(db_ptr + (offs_f - COUT * 9 * CIN), acc, mask=~is_w & (offs_f < F))
+
+
+    @triton.jit
+    def _max_pool_kernel(x_ptr, y_ptr, arg_ptr, TOTAL, H, W, OH, OW, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+                         C: tl.constexpr, BLOCK: tl.constexpr):
+        """y[n, i, j, c] = max of x over the 3x3 window at (2i - PAD_H, 2j - PAD_W), outside the
+        image -inf ('SAME'); arg = the window position of the first maximum in row-major order (as
+        PyTorch picks it: a later value wins only if greater, or NaN)."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # channels-last: (n, i, j, c)
+        c = offs % C
+        j = (offs // C) % OW
+        i = (offs // (C * OW)) % OH
+        n = offs // (C * OW * OH)
+        best = tl.full((BLOCK,), float("-inf"), tl.float32)
+        arg = tl.zeros((BLOCK,), dtype=tl.int32)
+        for tap in tl.static_range(9):
+            h = 2 * i - PAD_H + tap // 3
+            w = 2 * j - PAD_W + tap % 3
+            ok = (offs < TOTAL) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            v = tl.load(x_ptr + ((n * H + h) * W + w) * C + c, mask=ok, other=float("-inf"))
+            take = (v > best) | (v != v)
+            best = tl.where(take, v, best)
+            arg = tl.where(take, tap, arg)
+        tl.store(y_ptr + offs, best, mask=offs < TOTAL)
+        tl.store(arg_ptr + offs, arg.to(tl.int8), mask=offs < TOTAL)
+
+    @triton.jit
+    def _max_pool_backward_kernel(dy_ptr, arg_ptr, dx_ptr, TOTAL, H, W, OH, OW, PAD_H: tl.constexpr,
+                                  PAD_W: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr):
+        """dx[n, h, w, c]: the sum of dy over the (at most 2x2) windows whose maximum was x[n, h, w, c],
+        gathered in a fixed order (deterministic, no atomics)."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # channels-last: (n, h, w, c)
+        c = offs % C
+        w = (offs // C) % W
+        h = (offs // (C * W)) % H
+        n = offs // (C * W * H)
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for window in tl.static_range(4):  # output rows (h + PAD_H) // 2 - 1 + window // 2, likewise columns
+            i = (h + PAD_H) // 2 - 1 + window // 2
+            j = (w + PAD_W) // 2 - 1 + window % 2
+            dh = h + PAD_H - 2 * i
+            dw = w + PAD_W - 2 * j
+            ok = (offs < TOTAL) & (i >= 0) & (i < OH) & (j >= 0) & (j < OW) & (dh <= 2) & (dw <= 2)
+            at = ((n * OH + i) * OW + j) * C + c
+            hit = ok & (tl.load(arg_ptr + at, mask=ok, other=-1).to(tl.int32) == dh * 3 + dw)
+            acc += tl.load(dy_ptr + at, mask=hit, other=0.0)
+        tl.store(dx_ptr + offs, acc, mask=offs < TOTAL)
 
 
 def _conv_sizes(cin: int, cout: int) -> tuple[int, int]:
@@ -1433,9 +1513,12 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], data_grad: bool = False) -> torch.Tensor:
-    """The convolution of x by w (O, C, 3, 3); with data_grad, x is dy and the result dx."""
+def _conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu_input: bool = False,
+             data_grad: bool = False, relu_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The convolution of x (relu(x) with relu_input) by w (O, C, 3, 3); with data_grad, x is dy
+    and the result dx, zero where relu_mask <= 0 if given."""
     x = _channels_last(x)
+    mask = x if relu_mask is None else _channels_last(relu_mask)
     n, cin, h, width = x.shape
     s_o, s_c, s_h, s_w = w.stride()
     if data_grad:
@@ -1446,32 +1529,33 @@ def _conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], data_g
     m = n * h * width
     _conv3x3_kernel[(triton.cdiv(m, CONV_BLOCK_M),)](
         x, w, w if b is None else b, y, m, h, width, CIN=cin, COUT=cout, COUT_PAD=cout_pad, S_O=s_o, S_C=s_c,
-        S_H=s_h, S_W=s_w, FLIP=data_grad, HAS_BIAS=b is not None, BLOCK_M=CONV_BLOCK_M, BLOCK_K=block_k,
-        num_warps=CONV_WARPS, num_stages=2)
+        S_H=s_h, S_W=s_w, FLIP=data_grad, HAS_BIAS=b is not None, RELU_IN=relu_input, MASK_OUT=relu_mask is not None,
+        mask_ptr=mask, BLOCK_M=CONV_BLOCK_M, BLOCK_K=block_k, num_warps=CONV_WARPS, num_stages=2)
     return y
 
 
-def _conv3x3_weight_grad(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """dw (laid out like w) and db: partial sums over slices of the pixels, then their sum, both in
-    a fixed order."""
+def _conv3x3_weight_grad(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor,
+                         relu_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """dw (laid out like w) and db of the convolution of x (relu(x) with relu_input): partial sums over WGRAD_PROGRAMS slices of the pixels, then
+    their sum, both in a fixed order."""
     x, dy = _channels_last(x), _channels_last(dy)
     n, cin, h, width = x.shape
     cout = dy.shape[1]
     block_k, cout_pad = _conv_sizes(cin, cout)
-    k_pad = triton.cdiv(9 * cin, block_k) * block_k
     m = n * h * width
     blocks = triton.cdiv(m, WGRAD_BLOCK_M)
     steps = triton.cdiv(blocks, WGRAD_PROGRAMS)
     programs = triton.cdiv(blocks, steps)
-    part = torch.empty((programs, k_pad, cout_pad), device=x.device, dtype=torch.float32)
-    bias_part = torch.empty((programs, cout_pad), device=x.device, dtype=torch.float32)
-    _conv3x3_wgrad_kernel[(programs, k_pad // block_k)](
-        x, dy, part, bias_part, m, h, width, CIN=cin, COUT=cout, COUT_PAD=cout_pad, K_PAD=k_pad, STEPS=steps,
-        BLOCK_M=WGRAD_BLOCK_M, BLOCK_K=block_k, num_warps=4, num_stages=2)
+    columns = cout * 9 * cin + cout
+    chunks = triton.cdiv(triton.cdiv(9 * cin, block_k), WGRAD_K_SPLIT)  # K chunks per program
+    part = torch.empty((programs, columns), device=x.device, dtype=torch.float32)
+    _conv3x3_wgrad_kernel[(programs, triton.cdiv(9 * cin, chunks * block_k))](
+        x, dy, part, m, h, width, CIN=cin, COUT=cout, COUT_PAD=cout_pad, BLOCK_K=block_k, CHUNKS=chunks,
+        STEPS=steps, BLOCK_M=WGRAD_BLOCK_M, RELU_IN=relu_input, num_warps=WGRAD_WARPS, num_stages=WGRAD_STAGES)
     dw, db = torch.empty_like(w), torch.empty((cout,), device=x.device, dtype=torch.float32)
-    _conv3x3_wgrad_sum_kernel[(k_pad,)](part, bias_part, dw, db, P=programs, CIN=cin, COUT=cout, COUT_PAD=cout_pad,
-                                        K_PAD=k_pad, S_O=dw.stride(0), S_C=dw.stride(1), S_H=dw.stride(2),
-                                        S_W=dw.stride(3), BLOCK_P=WGRAD_SUM_BLOCK, num_warps=2)
+    _conv3x3_wgrad_sum_kernel[(triton.cdiv(columns, WGRAD_SUM_COLUMNS),)](
+        part, dw, db, P=programs, CIN=cin, COUT=cout, S_O=dw.stride(0), S_C=dw.stride(1), S_H=dw.stride(2),
+        S_W=dw.stride(3), BLOCK_P=WGRAD_SUM_BLOCK, BLOCK_F=WGRAD_SUM_COLUMNS, num_warps=4)
     return dw, db
 
 
@@ -1481,39 +1565,92 @@ _OPS = "moe_rl_" + __name__.replace(".", "_")
 
 
 @torch.library.custom_op(f"{_OPS}::conv3x3", mutates_args=())
-def conv3x3_same(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """F.conv2d(x, w, b, padding=1) for 3x3 w, channels-last output."""
-    return _conv3x3(x, w, b)
+def conv3x3_same(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+    """F.conv2d(x, w, b, padding=1) for 3x3 w (of F.relu(x) with relu_input), channels-last output."""
+    return _conv3x3(x, w, b, relu_input)
 
 
 @conv3x3_same.register_fake
-def _(x, w, b):
+def _(x, w, b, relu_input=False):
     return x.new_empty((x.shape[0], w.shape[0], *x.shape[2:])).contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.custom_op(f"{_OPS}::conv3x3_backward", mutates_args=())
-def conv3x3_backward(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, need_dx: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx = _conv3x3(dy, w, None, data_grad=True) if need_dx else x.new_empty(0)
-    return (dx, *_conv3x3_weight_grad(x, dy, w))
+def conv3x3_backward(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, need_dx: bool,
+                     relu_input: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx = _conv3x3(dy, w, None, data_grad=True, relu_mask=x if relu_input else None) if need_dx else x.new_empty(0)
+    return (dx, *_conv3x3_weight_grad(x, dy, w, relu_input))
 
 
 @conv3x3_backward.register_fake
-def _(x, w, dy, need_dx):
+def _(x, w, dy, need_dx, relu_input):
     dx = x.new_empty(x.shape).contiguous(memory_format=torch.channels_last) if need_dx else x.new_empty(0)
     return dx, torch.empty_like(w), w.new_empty(w.shape[0])
 
 
 def _conv3x3_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.relu_input = inputs[3]
 
 
 def _conv3x3_grad(ctx, dy):
     x, w = ctx.saved_tensors
-    dx, dw, db = conv3x3_backward(x, w, dy, ctx.needs_input_grad[0])
-    return (dx if ctx.needs_input_grad[0] else None), dw, db
+    dx, dw, db = conv3x3_backward(x, w, dy, ctx.needs_input_grad[0], ctx.relu_input)
+    return (dx if ctx.needs_input_grad[0] else None), dw, db, None
 
 
 conv3x3_same.register_autograd(_conv3x3_grad, setup_context=_conv3x3_setup)
+
+
+@torch.library.custom_op(f"{_OPS}::max_pool3x3", mutates_args=())
+def max_pool3x3_same(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """F.max_pool2d(x, 3, 2) with 'SAME' padding (-inf), channels-last: the output and, per output,
+    the window position (0..8, int8) of its maximum."""
+    x = _channels_last(x)
+    n, c, h, w = x.shape
+    (pad_h, _), (pad_w, _) = same_padding(h, 3, 2), same_padding(w, 3, 2)
+    y = torch.empty((n, c, -(-h // 2), -(-w // 2)), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    arg = torch.empty(y.shape, device=x.device, dtype=torch.int8, memory_format=torch.channels_last)
+    _max_pool_kernel[(triton.cdiv(y.numel(), POOL_BLOCK),)](x, y, arg, y.numel(), h, w, y.shape[2], y.shape[3],
+                                                           PAD_H=pad_h, PAD_W=pad_w, C=c, BLOCK=POOL_BLOCK)
+    return y, arg
+
+
+@max_pool3x3_same.register_fake
+def _(x):
+    shape = (x.shape[0], x.shape[1], -(-x.shape[2] // 2), -(-x.shape[3] // 2))
+    y = x.new_empty(shape).contiguous(memory_format=torch.channels_last)
+    return y, torch.empty_like(y, dtype=torch.int8)
+
+
+@torch.library.custom_op(f"{_OPS}::max_pool3x3_backward", mutates_args=())
+def max_pool3x3_backward(dy: torch.Tensor, arg: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    dy = _channels_last(dy)
+    n, c, oh, ow = dy.shape
+    (pad_h, _), (pad_w, _) = same_padding(h, 3, 2), same_padding(w, 3, 2)
+    dx = torch.empty((n, c, h, w), device=dy.device, dtype=dy.dtype, memory_format=torch.channels_last)
+    _max_pool_backward_kernel[(triton.cdiv(dx.numel(), POOL_BLOCK),)](dy, arg, dx, dx.numel(), h, w, oh, ow,
+                                                                     PAD_H=pad_h, PAD_W=pad_w, C=c, BLOCK=POOL_BLOCK)
+    return dx
+
+
+@max_pool3x3_backward.register_fake
+def _(dy, arg, h, w):
+    return dy.new_empty((dy.shape[0], dy.shape[1], h, w)).contiguous(memory_format=torch.channels_last)
+
+
+def _max_pool_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.size = inputs[0].shape[2:]
+
+
+def _max_pool_grad(ctx, dy, _):
+    (arg,) = ctx.saved_tensors
+    return max_pool3x3_backward(dy, arg, *ctx.size)
+
+
+max_pool3x3_same.register_autograd(_max_pool_grad, setup_context=_max_pool_setup)
 # ---- end block: conv_kernels ----
 
 

@@ -43,23 +43,27 @@ def interpreted(code: str) -> dict:
 def test_kernels_compute_the_convolution_and_its_gradients():
     """y, dx, dw, db equal F.conv2d's (float32 sums; the interpreter has no TF32) for inputs of 4
     channels (K chunks across taps), 16 and 32 (a tap per chunk), 3 and 8 (padded to 16), uneven
-    pixel counts, contiguous and channels-last weights; dw keeps the weight's layout. The weight
-    gradient is split over several programs and steps and summed in several steps."""
+    pixel counts, contiguous and channels-last weights, with and without the ReLU of the input
+    fused in (its gradient masks dx); dw keeps the weight's layout. The weight
+    gradient is split over several programs and steps, its K chunks over one or two programs
+    (the encoder test below takes the default split), and summed in several steps."""
     out = interpreted("""
-dqn.WGRAD_BLOCK_M, dqn.WGRAD_PROGRAMS, dqn.WGRAD_SUM_BLOCK = 16, 3, 2
+dqn.WGRAD_BLOCK_M, dqn.WGRAD_PROGRAMS, dqn.WGRAD_SUM_BLOCK, dqn.WGRAD_SUM_COLUMNS = 16, 3, 2, 64
 res = []
 for n, cin, cout, h, w in [(2, 4, 16, 9, 10), (2, 16, 32, 7, 5), (1, 32, 16, 5, 6), (1, 3, 8, 4, 4), (3, 8, 32, 6, 3)]:
     for fmt in (torch.contiguous_format, torch.channels_last):
+        dqn.WGRAD_K_SPLIT = 1 if fmt is torch.contiguous_format else 2  # all chunks in one program; split unevenly
         x = torch.randn(n, cin, h, w).contiguous(memory_format=torch.channels_last).requires_grad_()
         wt = torch.randn(cout, cin, 3, 3).contiguous(memory_format=fmt).requires_grad_()
         b = torch.randn(cout, requires_grad=True)
         dy = torch.randn(n, cout, h, w)
-        y = dqn.conv3x3_same(x, wt, b)
+        relu = fmt is torch.channels_last  # the ReLU before the convolution, fused into the kernels
+        y = dqn.conv3x3_same(x, wt, b, relu)
         y.backward(dy)
         got = [y, x.grad, wt.grad, b.grad]
         layout_kept = wt.grad.stride() == wt.stride() and y.is_contiguous(memory_format=torch.channels_last)
         x.grad = wt.grad = b.grad = None
-        ref = F.conv2d(x, wt, b, padding=1)
+        ref = F.conv2d(F.relu(x) if relu else x, wt, b, padding=1)
         ref.backward(dy)
         res.append({"shape": [n, cin, cout, h, w], "layout_kept": layout_kept,
                     "err": [rel(a, r) for a, r in zip(got, [ref, x.grad, wt.grad, b.grad])]})
@@ -71,6 +75,38 @@ print(json.dumps(res))
         assert max(case["err"]) < 1e-5, case
 
 
+
+def test_max_pool_kernels_compute_the_pool_and_its_gradient():
+    """The 3x3 stride-2 'SAME' max-pool and its gradient equal the -inf padded F.max_pool2d's, for
+    even sides (padding after only), odd ones (both sides), non-square maps and one channel; and on
+    integer-valued inputs, where windows tie, the gradient goes to the same (first) maximum."""
+    out = interpreted("""
+dqn.POOL_BLOCK = 256
+res = []
+for n, c, h, w, ties in [(2, 16, 12, 12, False), (2, 32, 21, 21, False), (1, 8, 11, 6, False), (3, 1, 5, 8, False),
+                         (2, 16, 10, 10, True)]:
+    x = torch.randn(n, c, h, w)
+    x = (x * 2).round() if ties else x
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    dy = torch.randn(n, c, -(-h // 2), -(-w // 2))
+    got = []
+    for on in (True, False):
+        dqn.configure_backends("cpu", True, triton_convs=on)
+        y = dqn.max_pool_same(x)
+        y.backward(dy)
+        got.append((y.detach(), x.grad))
+        x.grad = None
+    (y1, g1), (y0, g0) = got
+    res.append({"shape": [n, c, h, w], "ties": ties, "channels_last": y1.is_contiguous(memory_format=torch.channels_last),
+                "y_equal": bool(torch.equal(y1, y0)), "grad_err": rel(g1, g0)})
+print(json.dumps(res))
+""")
+    assert len(out) == 5
+    for case in out:
+        assert case["y_equal"] and case["channels_last"], case
+        assert case["grad_err"] < 1e-6, case
+
+
 def test_custom_operators_pass_opcheck():
     """torch.library.opcheck on both operators: the schema, the fake implementations' shapes and
     strides (what torch.compile plans with) against the real ones, and the autograd registration."""
@@ -80,11 +116,15 @@ w = torch.randn(16, 16, 3, 3).contiguous(memory_format=torch.channels_last).requ
 b = torch.randn(16, requires_grad=True)
 dy = torch.randn(2, 16, 5, 4).contiguous(memory_format=torch.channels_last)
 checks = ("test_schema", "test_faketensor", "test_autograd_registration")
-r1 = torch.library.opcheck(dqn.conv3x3_same, (x, w, b), test_utils=checks)
-r2 = torch.library.opcheck(dqn.conv3x3_backward, (x.detach(), w.detach(), dy, True), test_utils=checks[:2])
-print(json.dumps({"forward": r1, "backward": r2}))
+r1 = torch.library.opcheck(dqn.conv3x3_same, (x, w, b, True), test_utils=checks)
+r2 = torch.library.opcheck(dqn.conv3x3_backward, (x.detach(), w.detach(), dy, True, True), test_utils=checks[:2])
+xp = torch.randn(2, 16, 9, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+r3 = torch.library.opcheck(dqn.max_pool3x3_same, (xp,), test_utils=checks)
+y, arg = dqn.max_pool3x3_same(xp.detach())
+r4 = torch.library.opcheck(dqn.max_pool3x3_backward, (torch.randn_like(y), arg, 9, 6), test_utils=checks[:2])
+print(json.dumps({"forward": r1, "backward": r2, "pool": r3, "pool_backward": r4}))
 """)
-    for op in ("forward", "backward"):
+    for op in ("forward", "backward", "pool", "pool_backward"):
         assert out[op] and all(v == "SUCCESS" for v in out[op].values()), out
 
 

@@ -1352,10 +1352,10 @@ except ImportError:
     triton = None
 
 CONV_KERNELS = {"on": False, "on_cpu": False}  # set by configure_backends(..., triton_convs=True)
-CONV_BLOCK_M, CONV_WARPS = 64, 4  # forward and data gradient: pixels per program (H200 probe)
-WGRAD_BLOCK_M, WGRAD_PROGRAMS, WGRAD_WARPS = 128, 264, 4  # weight gradient: pixels per step, programs sharing the pixels
-WGRAD_K_SPLIT, WGRAD_STAGES = 3, 2  # programs sharing the 9 taps of a slice of pixels; software pipelining
-WGRAD_SUM_BLOCK, WGRAD_SUM_COLUMNS = 32, 128  # final sum: partial sums added per step, columns per program
+CONV_BLOCK_M, CONV_WARPS = 64, 4  # forward and data gradient: pixels per program (block sizes: H200 probes)
+WGRAD_BLOCK_M, WGRAD_PROGRAMS, WGRAD_WARPS = 64, 264, 4  # weight gradient: pixels per step, programs sharing the pixels
+WGRAD_K_SPLIT, WGRAD_STAGES = 1, 2  # programs sharing the 9 taps of a slice of pixels; software pipelining
+WGRAD_SUM_BLOCK, WGRAD_SUM_COLUMNS = 256, 16  # final sum: partial sums added per step, columns per program
 POOL_BLOCK = 1024  # max-pool: outputs (forward) or inputs (backward) per program
 
 

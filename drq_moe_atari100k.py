@@ -189,8 +189,8 @@ class Args:
     compile: bool = False
     """torch.compile the update and the action selection"""
     triton_convs: bool = True
-    """on CUDA, the Impala encoder's 3x3 convolutions in this file's Triton kernels (faster than
-    cuDNN at batch 32; the same TF32 arithmetic); --no-triton-convs: cuDNN's"""
+    """on CUDA, the Impala encoder's 3x3 convolutions and max-pool in this file's Triton kernels
+    (faster than cuDNN at batch 32; the same TF32 arithmetic); --no-triton-convs: cuDNN's"""
 
 
 # ============================================================================================
@@ -1339,12 +1339,14 @@ class CapturedStep:
 
 
 # ---- block: conv_kernels ----
-# The Impala encoder's 3x3 stride-1 'SAME' convolutions as Triton kernels, on CUDA: at batch 32 and
-# 16-32 channels cuDNN's kernels are far from what the memory allows, and these make the whole DQN
-# update 31% faster (benchmark/RESULTS.md, fifth pass). Same arithmetic as cuDNN's with
-# TF32 (TF32 products, float32 sums), in a fixed order: the sums are deterministic. Tensors are
+# The Impala encoder's 3x3 stride-1 'SAME' convolutions, with the ReLU before them fused in, and
+# its 3x3 stride-2 max-pool, as Triton kernels on CUDA: at batch 32 and 16-32 channels cuDNN's
+# kernels are far from what the memory allows, and these take a DQN update from 1.75 to 1.05 ms
+# (benchmark/RESULTS.md, fifth and sixth passes). Same arithmetic as cuDNN's with TF32 (TF32
+# products, float32 sums), in a fixed order: the sums are deterministic. Tensors are
 # channels-last, so a pixel's channels sit side by side: an implicit matrix product over M = N*H*W
-# pixels and K = 9 taps x C input channels. Without Triton, or on the CPU, nn.Conv2d runs.
+# pixels and K = 9 taps x C input channels. Without Triton, or on the CPU, nn.Conv2d and
+# F.max_pool2d run.
 try:
     import triton
     import triton.language as tl

@@ -6,6 +6,11 @@ encoder at batch 32, channels-last, TF32 (the agents' fast path). Each is timed 
 
     python benchmark/conv_kernels.py --out benchmark/results/conv_kernels.json
     python benchmark/conv_kernels.py --impala-channels 32,64,64
+    python benchmark/conv_kernels.py --wgrad-sizes --out benchmark/results/wgrad_sizes.json
+
+--wgrad-sizes instead times the weight gradient under each block size of the block's constants
+(K split, pixels per step, programs; then the final sum's tiles for the best of those), shape by
+shape, and the encoder's total under each uniform choice: how WGRAD_* were chosen.
 """
 
 from __future__ import annotations
@@ -78,11 +83,61 @@ def measure(cin: int, cout: int, side: int, batch: int, device) -> dict:
     return row
 
 
+def wgrad_sizes(cin: int, cout: int, side: int, batch: int, device) -> dict:
+    """us per weight gradient under each (WGRAD_K_SPLIT, WGRAD_BLOCK_M, WGRAD_PROGRAMS) with the
+    final sum at 256 x 16, then each final-sum tile (WGRAD_SUM_BLOCK, WGRAD_SUM_COLUMNS) with the
+    best of those; the module's constants are restored afterwards."""
+    x = torch.randn(batch, cin, side, side, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(cout, cin, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(batch, cout, side, side, device=device).contiguous(memory_format=torch.channels_last)
+    reference = torch.nn.grad.conv2d_weight(x.double().cpu(), w.shape, dy.double().cpu(), padding=1)
+    names = ("WGRAD_K_SPLIT", "WGRAD_BLOCK_M", "WGRAD_PROGRAMS", "WGRAD_SUM_BLOCK", "WGRAD_SUM_COLUMNS")
+    saved = {n: getattr(agent, n) for n in names}
+
+    def timed_with(**sizes) -> float:
+        for n, v in sizes.items():
+            setattr(agent, n, v)
+        return graph_us(lambda: agent._conv3x3_weight_grad(x, dy, w))
+
+    row = {"cin": cin, "cout": cout, "side": side, "main": {}, "sum": {}}
+    try:
+        for split in (1, 3, 9):
+            for block_m in (64, 128):
+                for programs in (132, 264, 528):
+                    us = timed_with(WGRAD_K_SPLIT=split, WGRAD_BLOCK_M=block_m, WGRAD_PROGRAMS=programs,
+                                    WGRAD_SUM_BLOCK=256, WGRAD_SUM_COLUMNS=16)
+                    err = rel_err(agent._conv3x3_weight_grad(x, dy, w)[0], reference)
+                    row["main"][f"{split}/{block_m}/{programs}"] = (us, err)
+        best = min(row["main"], key=lambda k: row["main"][k][0])
+        split, block_m, programs = map(int, best.split("/"))
+        for rows, columns in ((256, 16), (128, 16), (512, 8), (64, 32), (32, 128)):
+            row["sum"][f"{rows}/{columns}"] = timed_with(WGRAD_K_SPLIT=split, WGRAD_BLOCK_M=block_m, WGRAD_PROGRAMS=programs,
+                                                         WGRAD_SUM_BLOCK=rows, WGRAD_SUM_COLUMNS=columns)
+    finally:
+        for n, v in saved.items():
+            setattr(agent, n, v)
+    return row
+
+
+def sweep_wgrad_sizes(channels, batch: int, device, results: dict) -> None:
+    for cin, cout, side, count in layer_shapes(channels):
+        row = {**wgrad_sizes(cin, cout, side, batch, device), "per_network": count}
+        results["layers"].append(row)
+        top = sorted(row["main"], key=lambda k: row["main"][k][0])[:4]
+        print(f"{cin}->{cout} at {side}x{side} (x{count}): split/pixels/programs " + ", ".join(
+            f"{k} {row['main'][k][0]:.1f} us" for k in top) + " | final sum rows/columns " + ", ".join(
+            f"{k} {v:.1f}" for k, v in row["sum"].items()), flush=True)
+    totals = {k: sum(r["main"][k][0] * r["per_network"] for r in results["layers"]) for k in results["layers"][0]["main"]}
+    results["per_network_total_us"] = totals
+    print("per network, each uniform choice (us):", {k: round(totals[k], 1) for k in sorted(totals, key=totals.get)[:6]})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impala-channels", default="16,32,32")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default="benchmark/results/conv_kernels.json")
+    parser.add_argument("--wgrad-sizes", action="store_true", help="sweep the weight gradient's block sizes instead")
     opts = parser.parse_args()
     if not torch.cuda.is_available() or agent.triton is None:
         sys.exit("error: conv_kernels.py needs a CUDA device and Triton")
@@ -91,6 +146,9 @@ def main():
     channels = tuple(int(c) for c in opts.impala_channels.split(","))
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": agent.triton.__version__,
                "date": time.strftime("%Y-%m-%d"), "batch": opts.batch, "impala_channels": channels, "layers": []}
+    if opts.wgrad_sizes:
+        sweep_wgrad_sizes(channels, opts.batch, device, results)
+        return write(results, opts.out)
     print("| conv | per network | part | cuDNN us | Triton us | cuDNN error | Triton error |\n|---|---|---|---|---|---|---|")
     for cin, cout, side, count in layer_shapes(channels):
         row = {**measure(cin, cout, side, opts.batch, device), "per_network": count}
@@ -103,10 +161,14 @@ def main():
               for name in ("cudnn", "triton") for part in ("forward", "data_grad", "weight_grad")}
     results["per_network_total_us"] = totals
     print("per network, summed over its 15 convolutions (us):", json.dumps({k: round(v, 1) for k, v in totals.items()}))
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as f:
+    write(results, opts.out)
+
+
+def write(results: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(results, f, indent=1)
-    print(f"wrote {opts.out}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ batch 32) and times it, captured in a CUDA graph, under each variant:
     nchw           the network in NCHW instead of channels-last
     max_autotune   + torch.compile(mode="max-autotune-no-cudagraphs"): Triton conv/matmul templates
     target_stream  DQN only: the target network's forward on a second stream, beside the online one
+    relu_unfused   the ReLUs of the residual blocks as their own operations (torch.compile fuses them
+                   with what it can), not inside the Triton convolutions (as before the sixth pass)
 
 (benchmark/RESULTS.md also lists "gradients set to None", measured as a variant before the agents
 adopted it.)
@@ -50,7 +52,8 @@ AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, t
     "der": ("der_moe_atari100k", dict(moe="soft", num_experts=4)),
     "drq": ("drq_moe_atari100k", dict(moe="soft", num_experts=4)),
 }
-VARIANTS = ("fast", "cudnn", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "target_stream")
+VARIANTS = ("fast", "cudnn", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "target_stream",
+            "relu_unfused")
 KINDS = [  # (kind, pattern on the kernel name), first match wins
     ("conv forward + data grad (Triton)", r"_conv3x3_kernel"),
     ("conv weight grad", r"wgrad|init_device_workspace"),
@@ -88,7 +91,16 @@ def build_update(agent, args, variant: str, device):
     if variant != "graph_only":
         mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
         fn = torch.compile(fn, mode=mode)
-    return agent.CapturedStep(fn, enabled=True)
+    step = agent.CapturedStep(fn, enabled=True)
+    if variant == "relu_unfused":
+        fused = agent.ResidualBlock.forward
+        agent.ResidualBlock.forward = lambda block, x: x + block.conv1(F.relu(block.conv0(F.relu(x))))
+        try:
+            for _ in range(step.warmup + 1):  # compiled and captured with the separate ReLUs
+                step()
+        finally:
+            agent.ResidualBlock.forward = fused
+    return step
 
 
 def target_on_side_stream(agent, args, parts):

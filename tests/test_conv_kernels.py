@@ -170,3 +170,20 @@ def test_kernels_stay_off_where_they_cannot_run():
         assert not dqn.conv_kernel_applies(dqn.SameConv2d(4, 32, 8, 4), dqn.torch.rand(1, 4, 84, 84))  # Nature CNN
     finally:
         dqn.CONV_KERNELS.update(saved)
+
+
+def test_every_weight_gradient_size_of_the_sweep_is_correct():
+    """benchmark/conv_kernels.py --wgrad-sizes: each block size it tries gives the weight gradient
+    (error against float64 at the interpreter's float32 level), and the module's constants are
+    back afterwards (timing stubbed: the interpreter has no CUDA graphs)."""
+    out = interpreted("""
+sys.path.insert(0, sys.path[0] + "/benchmark")  # PRELUDE put the repository first
+import conv_kernels
+conv_kernels.graph_us = lambda fn: (fn(), 1.0)[1]
+before = (dqn.WGRAD_K_SPLIT, dqn.WGRAD_BLOCK_M, dqn.WGRAD_PROGRAMS, dqn.WGRAD_SUM_BLOCK, dqn.WGRAD_SUM_COLUMNS)
+row = conv_kernels.wgrad_sizes(16, 32, 5, 2, "cpu")
+after = (dqn.WGRAD_K_SPLIT, dqn.WGRAD_BLOCK_M, dqn.WGRAD_PROGRAMS, dqn.WGRAD_SUM_BLOCK, dqn.WGRAD_SUM_COLUMNS)
+print(json.dumps({"errors": [e for _, e in row["main"].values()], "sums": len(row["sum"]), "restored": before == after}))
+""")
+    assert len(out["errors"]) == 18 and out["sums"] == 5 and out["restored"], out
+    assert max(out["errors"]) < 1e-6, out

@@ -1372,11 +1372,11 @@ def conv_kernel_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
             and x.shape[0] * max(conv.in_channels, conv.out_channels) * x.shape[2] * x.shape[3] < 2**31)
 
 
-
 def pool_kernel_applies(x: torch.Tensor, kernel: int, stride: int) -> bool:
     """The Impala encoder's 3x3 stride-2 'SAME' max-pool, float32, where the convolutions' kernels run."""
     return (CONV_KERNELS["on"] and (x.is_cuda or CONV_KERNELS["on_cpu"]) and x.dtype == torch.float32
             and (kernel, stride) == (3, 2) and x.numel() < 2**31)
+
 
 if triton is not None:
 
@@ -1432,10 +1432,11 @@ if triton is not None:
     def _conv3x3_wgrad_kernel(x_ptr, dy_ptr, part_ptr, M, H, W, CIN: tl.constexpr, COUT: tl.constexpr,
                               COUT_PAD: tl.constexpr, BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr,
                               STEPS: tl.constexpr, BLOCK_M: tl.constexpr, RELU_IN: tl.constexpr):
-        """Program (p, s) sums dy[m, o] x[m + shift(t), c] (relu(x) for RELU_IN) over its STEPS x BLOCK_M pixels for the
-        rows k = (t, c) of K chunks s*CHUNKS .. (s+1)*CHUNKS-1, one accumulator per chunk (dy is
-        read once for them all; the shifted x tiles overlap in the cache), and (s = 0) dy[m, o]
-        for the bias. Its partial sums go to row p: (o, k) at o * 9 CIN + k, the bias after them."""
+        """Program (p, s) sums dy[m, o] x[m + shift(t), c] (relu(x) for RELU_IN) over its STEPS x
+        BLOCK_M pixels for the rows k = (t, c) of K chunks s*CHUNKS .. (s+1)*CHUNKS-1, one
+        accumulator per chunk (dy is read once for them all; the shifted x tiles overlap in the
+        cache), and (s = 0) dy[m, o] for the bias. Its partial sums go to row p: (o, k) at
+        o * 9 CIN + k, the bias after them."""
         offs_o = tl.arange(0, COUT_PAD)
         k_first = tl.program_id(1) * CHUNKS * BLOCK_K
         offs_kc = tl.arange(0, BLOCK_K)
@@ -1478,7 +1479,6 @@ if triton is not None:
         is_w = offs_f < COUT * 9 * CIN
         tl.store(dw_ptr + o * S_O + c * S_C + (tap // 3) * S_H + (tap % 3) * S_W, acc, mask=is_w)
         tl.store(db_ptr + (offs_f - COUT * 9 * CIN), acc, mask=~is_w & (offs_f < F))
-
 
     @triton.jit
     def _max_pool_kernel(x_ptr, y_ptr, arg_ptr, TOTAL, H, W, OH, OW, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
@@ -1560,8 +1560,8 @@ def _conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu_i
 
 def _conv3x3_weight_grad(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor,
                          relu_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """dw (laid out like w) and db of the convolution of x (relu(x) with relu_input): partial sums over WGRAD_PROGRAMS slices of the pixels, then
-    their sum, both in a fixed order."""
+    """dw (laid out like w) and db of the convolution of x (relu(x) with relu_input): partial sums
+    over WGRAD_PROGRAMS slices of the pixels, then their sum, both in a fixed order."""
     x, dy = _channels_last(x), _channels_last(dy)
     n, cin, h, width = x.shape
     cout = dy.shape[1]

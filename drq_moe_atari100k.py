@@ -1362,8 +1362,14 @@ POOL_BLOCK = 1024  # max-pool: outputs (forward) or inputs (backward) per progra
 
 
 def triton_convs_available(device) -> bool:
-    """On CUDA, or on the CPU under Triton's interpreter (TRITON_INTERPRET=1, for the tests)."""
-    return triton is not None and (torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    """On CUDA GPUs of compute capability 8.0 or newer (A100, RTX 30xx and later: TF32, and the
+    shared memory the weight gradient takes), or on the CPU under Triton's interpreter
+    (TRITON_INTERPRET=1, for the tests). Older GPUs keep cuDNN."""
+    if triton is None:
+        return False
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def conv_kernel_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:

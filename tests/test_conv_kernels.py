@@ -172,6 +172,13 @@ def test_kernels_stay_off_where_they_cannot_run():
         dqn.CONV_KERNELS.update(saved)
 
 
+def test_kernels_need_an_ampere_or_newer_gpu(monkeypatch):
+    """Compute capability 8.0 or newer (TF32, enough shared memory); a T4 or V100 keeps cuDNN."""
+    for capability, expected in (((7, 5), False), ((7, 0), False), ((8, 0), True), ((8, 6), True), ((9, 0), True)):
+        monkeypatch.setattr(dqn.torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert dqn.triton_convs_available("cuda") is expected, capability
+
+
 def test_every_weight_gradient_size_of_the_sweep_is_correct():
     """benchmark/conv_kernels.py --wgrad-sizes: each block size it tries gives the weight gradient
     (error against float64 at the interpreter's float32 level), and the module's constants are

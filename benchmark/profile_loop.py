@@ -1,19 +1,26 @@
 """Where the host's time goes in an agent's training loop: runs the agent (its own `main`) and,
 from the end of the first iteration (compilation, graph capture and random acting are over) to
-the end of the run, profiles the Python process with cProfile. Prints, per agent step, the time
-spent in each part of the loop and writes JSON:
+the end of the run, measures the Python process. Prints, per agent step, the time spent in each
+part of the loop and writes JSON:
 
     emulator        the environment step (gymnasium's AtariPreprocessing; ale-py's vector env)
+    act_wait        (--timers) the wait for the GPU to finish the work queued before the action:
+                    the updates launched during the previous step
     act             the greedy action: the captured forward pass and the wait for its result
     update          launching the captured update steps (the GPU runs them asynchronously)
     replay          start_rows, finish_rows and flush (the step's rows to the GPU)
     other           the rest of the loop: numpy bookkeeping, logging, schedule checks
 
-cProfile adds a cost to every Python call, so the loop runs slower than without it and the
-Python-heavy parts look larger; compare parts with each other, not with unprofiled rates.
+By default cProfile measures the parts. It adds a cost to every Python call, so the loop runs
+slower than without it and the Python-heavy parts look larger; compare parts with each other, not
+with unprofiled rates. `--timers` instead times only those parts with a clock (about a
+microsecond per call) and synchronises with the GPU before each action, which splits the wait
+for the updates (act_wait) from the action itself; the rates it gives are the loop's own.
+`--emulator-steps N` first times the emulators alone (random actions, no agent) for N vector
+steps: the ceiling of the loop with K environments.
 
     python benchmark/profile_loop.py --agent drq --steps 10000 --out benchmark/results/loop_profile_drq.json
-    python benchmark/profile_loop.py --agent dqn --num-envs 16 --steps 20000
+    python benchmark/profile_loop.py --agent dqn --num-envs 16 --steps 20000 --timers --emulator-steps 2000
     python benchmark/profile_loop.py --agent drq --quick     # CPU smoke: tiny network, a few hundred steps
 """
 
@@ -29,12 +36,35 @@ import pstats
 import sys
 import tempfile
 import time
+from collections import defaultdict
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from perf import AGENTS  # noqa: E402
+
+
+def emulator_alone(agent, opts) -> dict:
+    """Agent steps/s of the agent's environments (AtariEnvs) stepped with random actions and
+    nothing else: the most the loop can reach."""
+    envs = agent.AtariEnvs(agent.resolve_env_id(opts.env_id), opts.num_envs, 0, True, 108_000)
+    rng = np.random.default_rng(0)
+    envs.reset(seed=0)
+    for _ in range(20):
+        envs.send(rng.integers(envs.num_actions, size=opts.num_envs))
+        envs.recv()
+    steps, start = 0, time.perf_counter()
+    for _ in range(opts.emulator_steps):
+        restarting = envs.ended.copy()
+        envs.send(rng.integers(envs.num_actions, size=opts.num_envs))
+        envs.recv()
+        steps += opts.num_envs - int(restarting.sum())
+    seconds = time.perf_counter() - start
+    envs.close()
+    return {"vector_steps": opts.emulator_steps, "agent_steps": steps, "seconds": seconds,
+            "agent_steps_per_s": steps / seconds}
 
 
 def loop_parts(agent_file: str) -> dict:
@@ -99,13 +129,77 @@ def profile_run(agent, args) -> tuple[pstats.Stats, float, int]:
     return pstats.Stats(profiler), t1 - t0, last - first
 
 
+def timed_run(agent, args) -> tuple[dict, float, int]:
+    """Runs agent.main(args) with clocks on the loop's parts, from the first iteration's record to
+    the end. Returns the seconds in each part, the seconds timed and the agent steps timed."""
+    window, spent, depth = {}, defaultdict(float), [0]
+    cuda = torch.device(args.device).type == "cuda"
+
+    def timed(part: str, fn):
+        def wrapper(*a, **k):
+            if "start" not in window or "end" in window or depth[0]:
+                return fn(*a, **k)
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[part] += time.perf_counter() - t0
+                depth[0] -= 1
+        return wrapper
+
+    def synchronize():
+        if cuda:
+            torch.cuda.synchronize()
+
+    make_update, make_act, record = agent.make_update_step, agent.make_act_step, agent.RunLogger.record
+    patched = {(agent.AtariEnvs, "send"): "emulator", (agent.AtariEnvs, "recv"): "emulator",
+               **{(agent.FrameReplay, name): "replay" for name in ("start_rows", "finish_rows", "flush")}}
+    originals = {key: getattr(*key) for key in patched}
+
+    def make_update_step(*a, **k):
+        return timed("update", make_update(*a, **k))
+
+    def make_act_step(*a, **k):
+        step = make_act(*a, **k)
+        wait, act = timed("act_wait", synchronize), timed("act", lambda: (step(), synchronize())[0])
+        return lambda: (wait(), act())[1]
+
+    def recording(self, rec: dict) -> None:
+        if rec.get("iteration") == 0:
+            synchronize()
+            window["start"] = (rec["step"], time.perf_counter())
+        elif rec.get("final") and "start" in window:
+            synchronize()
+            window["end"] = (rec["step"], time.perf_counter())
+        record(self, rec)
+
+    for (owner, name), part in patched.items():
+        setattr(owner, name, timed(part, originals[(owner, name)]))
+    agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update_step, make_act_step, recording
+    try:
+        agent.main(args)
+    finally:
+        for key, fn in originals.items():
+            setattr(*key, fn)
+        agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update, make_act, record
+    (first, t0), (last, t1) = window["start"], window["end"]
+    return dict(spent), t1 - t0, last - first
+
+
 def parts_per_step(stats: pstats.Stats, seconds: float, steps: int, agent_file: str) -> dict:
     """Microseconds per agent step of each part (cumulative time of its functions), and the rest."""
     out = {}
     for part, functions in loop_parts(agent_file).items():
-        total = sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
-                    if any(path.endswith(end) and func == name for end, name in functions))
+        if isinstance(stats, dict):  # timed_run's seconds per part
+            total = stats.get(part, 0.0)
+        else:
+            total = sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
+                        if any(path.endswith(end) and func == name for end, name in functions))
         out[part] = 1e6 * total / steps
+    if isinstance(stats, dict):
+        out = {"emulator": out["emulator"], "act_wait": 1e6 * stats.get("act_wait", 0.0) / steps,
+               **{part: us for part, us in out.items() if part != "emulator"}}
     out["other"] = 1e6 * seconds / steps - sum(out.values())
     return out
 
@@ -118,22 +212,34 @@ def main():
     parser.add_argument("--warmup", type=int, default=10_000, help="agent steps of the first iteration (not profiled)")
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--buffer-size", type=int, default=1_000_000, help="DQN and Rainbow only")
+    parser.add_argument("--timers", action="store_true", help="clocks on the loop's parts instead of cProfile")
+    parser.add_argument("--emulator-steps", type=int, default=0, help="first time the emulators alone for this many vector steps")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for the run (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU, a few hundred steps")
     parser.add_argument("--out", default=None)
     opts = parser.parse_args()
     if opts.quick:
         opts.steps, opts.warmup, opts.buffer_size = 100, 100, 2_000
     device = "cuda" if torch.cuda.is_available() and not opts.quick else "cpu"
+    if opts.torch_threads:
+        torch.set_num_threads(opts.torch_threads)
     agent = importlib.import_module(AGENTS[opts.agent])
+    emulator = emulator_alone(agent, opts) if opts.emulator_steps else None
+    if emulator:
+        print(f"emulators alone ({opts.num_envs} env{'s' * (opts.num_envs > 1)}, random actions): "
+              f"{emulator['agent_steps_per_s']:.0f} agent steps/s")
     args = run_args(agent, opts.agent, opts, device)
     with tempfile.TemporaryDirectory() as tmp:
-        stats, seconds, steps = profile_run(agent, dataclasses.replace(args, runs_dir=tmp))
+        run = timed_run if opts.timers else profile_run
+        stats, seconds, steps = run(agent, dataclasses.replace(args, runs_dir=tmp))
     parts = parts_per_step(stats, seconds, steps, os.path.basename(agent.__file__))
     result = {"agent": opts.agent, "env_id": opts.env_id, "num_envs": opts.num_envs, "device":
               torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "profiled_steps": steps, "profiled_seconds": seconds,
-              "agent_steps_per_s_profiled": steps / seconds, "us_per_agent_step": parts}
-    print(f"{opts.agent} on {result['device']}: {steps:,} agent steps profiled, {steps / seconds:.0f} steps/s under cProfile")
+              "date": time.strftime("%Y-%m-%d"), "method": "timers" if opts.timers else "cProfile",
+              "torch_threads": torch.get_num_threads(), "profiled_steps": steps, "profiled_seconds": seconds,
+              "agent_steps_per_s_profiled": steps / seconds, "us_per_agent_step": parts, "emulator_alone": emulator}
+    print(f"{opts.agent} on {result['device']}: {steps:,} agent steps profiled, {steps / seconds:.0f} steps/s "
+          f"{'with timers' if opts.timers else 'under cProfile'}")
     for part, us in parts.items():
         print(f"  {part:9s} {us:8.1f} us per agent step")
     if opts.out:

@@ -117,19 +117,25 @@ def test_perf_quick_atari100k_agents(tmp_path):
     assert all(r["update_ms_median"] > 0 and r["params"] > 0 for r in rows)
 
 
-def test_profile_loop_quick(tmp_path):
-    """profile_loop.py profiles the loop after its first iteration and splits each agent step's
-    host time into its parts; the parts are measured and leave time for the rest of the loop."""
+@pytest.mark.parametrize("timers", [False, True])
+def test_profile_loop_quick(tmp_path, timers):
+    """profile_loop.py measures the loop after its first iteration (cProfile, or clocks with
+    --timers) and splits each agent step's host time into its parts; the parts are measured and
+    leave time for the rest of the loop. --emulator-steps times the environments alone."""
     out = tmp_path / "loop.json"
+    flags = ["--timers", "--emulator-steps", "30"] if timers else []
     proc = subprocess.run([sys.executable, "benchmark/profile_loop.py", "--agent", "dqn", "--num-envs", "2", "--quick",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           *flags, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["profiled_steps"] == 100 and result["profiled_seconds"] > 0
     parts = result["us_per_agent_step"]
-    assert set(parts) == {"emulator", "act", "update", "replay", "other"}
+    assert set(parts) == {"emulator", "act", "update", "replay", "other"} | ({"act_wait"} if timers else set())
     assert all(us > 0 for us in parts.values()), parts
     assert sum(parts.values()) == pytest.approx(1e6 * result["profiled_seconds"] / 100)
+    if timers:
+        emulator = result["emulator_alone"]
+        assert emulator["vector_steps"] == 30 and 0 < emulator["agent_steps"] <= 60 and emulator["agent_steps_per_s"] > 0
 
 
 

@@ -222,6 +222,14 @@ def set_env_state(env, state: dict) -> None:
     env.unwrapped.ale.restoreState(state["ale"])
 
 
+def emulator_threads(num_envs: int) -> int:
+    """Threads for `num_envs` emulators: one each, at most one per core, or OMP_NUM_THREADS where
+    it is set (several runs sharing a machine)."""
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0]
+    cores = int(omp) if omp.isdigit() and int(omp) > 0 else os.cpu_count() or 1
+    return min(num_envs, cores)
+
+
 def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int, num_threads: int):
     """`num_envs` environments in ale-py's threaded C++ vector env with `make_env`'s protocol and
     frames (pixel for pixel: tests/test_num_envs.py): single frames, no no-op or fire resets,
@@ -247,7 +255,7 @@ class AtariEnvs:
             self.env = make_env(env_id, seed, sticky_actions, max_episode_frames, video_dir)
             self.num_actions = int(self.env.action_space.n)
         else:
-            self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, min(num_envs, os.cpu_count() or 1))
+            self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, emulator_threads(num_envs))
             self.num_actions = int(self.env.single_action_space.n)
         self.ended = np.zeros(num_envs, dtype=bool)  # the last step ended the episode: the next call restarts
         self.lives = np.zeros(num_envs, dtype=np.int64)  # each game's lives after the last call
@@ -805,7 +813,8 @@ class FrameReplay:
         self.num_staged, self.added = 0, 0  # rows staged on the host; rows written to the device
         self.episode_step = np.zeros(num_streams, dtype=np.int64)  # rows so far in each stream's episode
         self.copy_done = torch.cuda.Event() if pin else None
-        self.outcome = {f: torch.zeros(num_streams, dtype=getattr(self, f).dtype, pin_memory=pin) for f in ("rewards", "terminated")}
+        self.outcome = {f: torch.zeros(num_streams, dtype=getattr(self, f).dtype, pin_memory=pin)
+                        for f in ("actions", "rewards", "terminated")}
         self.outcome_np = {f: t.numpy() for f, t in self.outcome.items()}
         self.outcome_done = torch.cuda.Event() if pin else None
         self.open_row, self.open_final = 0, np.zeros(num_streams, dtype=bool)
@@ -820,16 +829,17 @@ class FrameReplay:
         """One vector step: a row per stream, (K, H, W) frames and (K,) arrays. A `final` row
         holds the frame its stream's episode ended on (its action and reward are not used), and
         that stream's next row starts an episode."""
-        self.start_rows(frames, actions, final)
-        self.finish_rows(rewards, terminated)
+        self.start_rows(frames, final)
+        self.finish_rows(actions, rewards, terminated)
 
-    def start_rows(self, frames, actions, final, starts=None) -> None:
-        """`add_rows` in two halves: the rows of a vector step before the emulators take it, then
-        their rewards and terminations (`finish_rows`). No transition that can be sampled in
-        between reads those two fields (the newest one ends n rows back), so the updates of
-        this step may run while the emulators step and still see exactly what they would after
-        `add_rows`. `starts` marks streams whose row starts an episode right after a terminated
-        row, with no final row between (a lost life: the game goes on)."""
+    def start_rows(self, frames, final, starts=None) -> None:
+        """`add_rows` in two halves: the rows' frames before the step's actions are chosen, then
+        their actions, rewards and terminations (`finish_rows`). No transition that can be
+        sampled in between reads those three fields (the newest one ends n rows back), so the
+        updates of this step may be queued behind the action's forward pass and run while the
+        emulators step, and still see exactly what they would after `add_rows`. `starts` marks
+        streams whose row starts an episode right after a terminated row, with no final row
+        between (a lost life: the game goes on)."""
         k = self.streams
         if self.num_staged + k > len(self.staged["frames"]):
             self.flush()
@@ -840,8 +850,7 @@ class FrameReplay:
         if starts is not None:
             self.episode_step[np.asarray(starts, dtype=bool)] = 0
         st["frames"][rows] = frames
-        st["actions"][rows] = np.where(final, 0, actions)
-        st["rewards"][rows], st["terminated"][rows] = 0.0, False
+        st["actions"][rows], st["rewards"][rows], st["terminated"][rows] = 0, 0.0, False
         st["final"][rows] = final
         st["ep_pos"][rows] = self.episode_step
         self.episode_step += 1
@@ -849,19 +858,21 @@ class FrameReplay:
         self.open_row, self.open_final = self.rows, final  # the first of the rows waiting for their outcome
         self.num_staged += k
 
-    def finish_rows(self, rewards, terminated) -> None:
-        """The rewards and terminations of the rows `start_rows` began (final rows keep 0)."""
+    def finish_rows(self, actions, rewards, terminated) -> None:
+        """The actions, rewards and terminations of the rows `start_rows` began (final rows keep 0)."""
         k, keep = self.streams, ~self.open_final
-        rewards, terminated = np.where(keep, rewards, 0.0), np.asarray(terminated, dtype=bool) & keep
+        values = {"actions": np.where(keep, actions, 0), "rewards": np.where(keep, rewards, 0.0),
+                  "terminated": np.asarray(terminated, dtype=bool) & keep}
         at = self.open_row - self.added
         if at >= 0:  # still staged
-            self.staged_np["rewards"][at:at + k], self.staged_np["terminated"][at:at + k] = rewards, terminated
+            for field, v in values.items():
+                self.staged_np[field][at:at + k] = v
             return
-        if self.outcome_done is not None:  # flushed by an update in between: write the two fields on the device
+        if self.outcome_done is not None:  # flushed by an update in between: write the fields on the device
             self.outcome_done.synchronize()  # the last such copy has left the host buffer
         start = self.open_row % self.capacity  # a multiple of K: the K rows do not wrap
-        for field, values in (("rewards", rewards), ("terminated", terminated)):
-            self.outcome_np[field][:] = values
+        for field, v in values.items():
+            self.outcome_np[field][:] = v
             getattr(self, field)[start:start + k].copy_(self.outcome[field], non_blocking=True)
         if self.outcome_done is not None:
             self.outcome_done.record()
@@ -1269,7 +1280,10 @@ def check_resume_flags(saved: dict, args) -> None:
 def configure_backends(device, deterministic: bool, triton_convs: bool = False) -> None:
     """Deterministic cudnn kernels, or let cudnn time its kernels and keep the fastest (a few %
     faster on the GPU); TF32 matrix units for float32 matmuls and convolutions on the GPU; the
-    Triton 3x3 convolutions (conv_kernels block) where asked for and available."""
+    Triton 3x3 convolutions (conv_kernels block) where asked for and available. On the GPU, one
+    host thread for torch: its thread pool would only split the loop's small copies, and its
+    idle threads spin and take the cores that the emulators' threads need (benchmark/RESULTS.md,
+    seventh pass)."""
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     CONV_KERNELS["on"] = triton_convs and triton_convs_available(device)
@@ -1277,11 +1291,33 @@ def configure_backends(device, deterministic: bool, triton_convs: bool = False) 
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.set_num_threads(1)
 
 
 def memory_format(device) -> torch.memory_format:
     """Channels-last convolutions are faster on the GPU (benchmark/RESULTS.md); same maths."""
     return torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
+
+
+class PendingActions:
+    """The greedy actions' copy to the host, queued on the device right behind the forward pass
+    that computes them. Work queued after it (the step's updates) does not delay `fetch`, which
+    waits for this copy alone: the GPU goes from acting to learning with no wait for the host."""
+
+    def __init__(self, num_envs: int, device):
+        cuda = torch.device(device).type == "cuda"
+        self.host = torch.zeros(num_envs, dtype=torch.long, pin_memory=cuda)
+        self.copied = torch.cuda.Event() if cuda else None
+
+    def start(self, actions: torch.Tensor) -> None:
+        self.host.copy_(actions, non_blocking=True)
+        if self.copied is not None:
+            self.copied.record()
+
+    def fetch(self) -> np.ndarray:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.host.numpy().copy()
 
 
 class CapturedStep:
@@ -1924,7 +1960,7 @@ def main(args: Args) -> str:
         if K == 1:
             envs.set_state(loop["env"])
         else:  # the vector env cannot save its emulators: the episodes in progress end here, as truncated ones
-            replay.add_rows(obs_stacks[:, -1], np.zeros(K), np.zeros(K), np.zeros(K, bool), np.ones(K, bool))
+            replay.add_rows(obs_stacks[:, -1], np.zeros(K, np.int64), np.zeros(K), np.zeros(K, bool), np.ones(K, bool))
             obs_stacks[:] = 0
             obs_stacks[:, -1] = envs.reset(seed=args.seed + step)
             episode_returns[:], episode_lengths[:] = 0.0, 0
@@ -1938,6 +1974,7 @@ def main(args: Args) -> str:
     act_input = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, device=device)
     act_step = make_act_step(args, q_net, act_input)
     act_host = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    pending_actions = PendingActions(K, device)
 
     def checkpoint_state() -> dict:
         return {
@@ -1957,14 +1994,20 @@ def main(args: Args) -> str:
             kept = f"the last good checkpoint ({ckpt_path}) is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
             fail(f"the loss became NaN or infinite before step {step}; the run stops and {kept}. Lower --learning-rate or check the flags")
 
-    def choose_actions(epsilon: float) -> np.ndarray:
-        """Epsilon-greedy for every environment, the greedy actions in one batched forward pass."""
+    def queue_greedy_actions(epsilon: float) -> np.ndarray:
+        """Draws which environments explore (epsilon-greedy) and queues on the device the greedy
+        actions' forward pass, one batch for all of them, without waiting for it."""
         explore = explore_rng.random(K) < epsilon
+        if not explore.all():
+            act_host.copy_(torch.from_numpy(obs_stacks))
+            act_input.copy_(act_host, non_blocking=True)
+            pending_actions.start(act_step())
+        return explore
+
+    def epsilon_greedy(explore: np.ndarray) -> np.ndarray:
         if explore.all():
             return explore_rng.integers(num_actions, size=K)
-        act_host.copy_(torch.from_numpy(obs_stacks))
-        act_input.copy_(act_host, non_blocking=True)
-        actions = act_step().cpu().numpy()
+        actions = pending_actions.fetch()
         if explore.any():
             actions[explore] = explore_rng.integers(num_actions, size=int(explore.sum()))
         return actions
@@ -1992,17 +2035,20 @@ def main(args: Args) -> str:
         # --- act: epsilon-greedy on the current stacks; environments whose episode ended restart instead ---
         epsilon = 0.0 if args.noisy else linearly_decaying_epsilon(step, args.min_replay_history, args.epsilon_decay_steps,
                                                                    args.epsilon_train)
-        actions = choose_actions(epsilon)
         restarting = envs.ended.copy()
         steps_now = K - int(restarting.sum())  # agent steps of this call
         # a restarting environment's row holds the frame its episode ended on (FrameReplay)
-        replay.start_rows(obs_stacks[:, -1], actions, restarting)
-        envs.send(actions)
-        # the GPU learns while the emulators step; these updates read no reward or termination of this step,
-        # so they are exactly Dopamine's updates after the step is stored (FrameReplay.start_rows)
+        replay.start_rows(obs_stacks[:, -1], restarting)
+        explore = queue_greedy_actions(epsilon)
+        # the step's updates go on the device right behind the action's forward pass and run while
+        # the host waits for the actions and the emulators step; they read no action, reward or
+        # termination of this step, so they are exactly Dopamine's updates after the step is
+        # stored (FrameReplay.start_rows), and the actions come from the weights before them
         learn(step, step + steps_now)
+        actions = epsilon_greedy(explore)
+        envs.send(actions)
         frames, rewards, terminated, truncated = envs.recv()
-        replay.finish_rows(np.clip(rewards, -1.0, 1.0), terminated)
+        replay.finish_rows(actions, np.clip(rewards, -1.0, 1.0), terminated)
         obs_stacks[:, :-1] = obs_stacks[:, 1:]
         obs_stacks[:, -1] = frames
         obs_stacks[restarting, :-1] = 0

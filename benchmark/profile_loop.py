@@ -4,9 +4,11 @@ the end of the run, measures the Python process. Prints, per agent step, the tim
 part of the loop and writes JSON:
 
     emulator        the environment step (gymnasium's AtariPreprocessing; ale-py's vector env)
-    act_wait        (--timers) the wait for the GPU to finish the work queued before the action:
-                    the updates launched during the previous step
-    act             the greedy action: the captured forward pass and the wait for its result
+    act_wait        (--timers) the wait for the greedy actions (PendingActions.fetch): for the
+                    GPU to finish the work queued before them (the previous step's updates) and
+                    the forward pass
+    act             launching the captured forward pass of the greedy actions, and under
+                    cProfile also the wait for them
     update          launching the captured update steps (the GPU runs them asynchronously)
     replay          start_rows, finish_rows and flush (the step's rows to the GPU)
     other           the rest of the loop: numpy bookkeeping, logging, schedule checks
@@ -14,8 +16,7 @@ part of the loop and writes JSON:
 By default cProfile measures the parts. It adds a cost to every Python call, so the loop runs
 slower than without it and the Python-heavy parts look larger; compare parts with each other, not
 with unprofiled rates. `--timers` instead times only those parts with a clock (about a
-microsecond per call) and synchronises with the GPU before each action, which splits the wait
-for the updates (act_wait) from the action itself; the rates it gives are the loop's own.
+microsecond per call); the rates it gives are the loop's own.
 `--emulator-steps N` first times the emulators alone (random actions, no agent) for N vector
 steps: the ceiling of the loop with K environments.
 
@@ -71,7 +72,7 @@ def loop_parts(agent_file: str) -> dict:
     """part: (file name ending, function name) of the functions whose cumulative time it sums."""
     return {
         "emulator": [("atari_preprocessing.py", "step"), ("vector_env.py", "recv")],
-        "act": [("profile_loop.py", "act_step")],
+        "act": [("profile_loop.py", "act_step"), (agent_file, "fetch")],
         "update": [("profile_loop.py", "update_step")],
         "replay": [(agent_file, name) for name in ("start_rows", "finish_rows", "flush")],
     }
@@ -82,7 +83,8 @@ def run_args(agent, name: str, opts, device: str):
     `opts.steps` steps, is profiled; the fast path on a GPU, a tiny network on the CPU."""
     fast = dict(compile=True, cudagraphs=True, torch_deterministic=False) if device == "cuda" else {}
     tiny = dict(encoder="impala", impala_channels=(4, 8, 8), expert_hidden=16, batch_size=8) if opts.quick else {}
-    common = dict(env_id=opts.env_id, device=device, log_every=10**9, iteration_steps=opts.warmup, **fast, **tiny)
+    experts = dict(num_experts=opts.num_experts) if opts.num_experts else {}
+    common = dict(env_id=opts.env_id, device=device, log_every=10**9, iteration_steps=opts.warmup, **fast, **tiny, **experts)
     total = opts.warmup + opts.steps
     if name in ("der", "drq"):
         return agent.Args(**common, total_steps=total, eval_episodes=0, min_replay_history=min(1600, opts.warmup // 2),
@@ -155,15 +157,15 @@ def timed_run(agent, args) -> tuple[dict, float, int]:
     make_update, make_act, record = agent.make_update_step, agent.make_act_step, agent.RunLogger.record
     patched = {(agent.AtariEnvs, "send"): "emulator", (agent.AtariEnvs, "recv"): "emulator",
                **{(agent.FrameReplay, name): "replay" for name in ("start_rows", "finish_rows", "flush")}}
+    if hasattr(agent, "PendingActions"):  # agent files from before it wait for the actions in `act`'s caller
+        patched[(agent.PendingActions, "fetch")] = "act_wait"
     originals = {key: getattr(*key) for key in patched}
 
     def make_update_step(*a, **k):
         return timed("update", make_update(*a, **k))
 
     def make_act_step(*a, **k):
-        step = make_act(*a, **k)
-        wait, act = timed("act_wait", synchronize), timed("act", lambda: (step(), synchronize())[0])
-        return lambda: (wait(), act())[1]
+        return timed("act", make_act(*a, **k))
 
     def recording(self, rec: dict) -> None:
         if rec.get("iteration") == 0:
@@ -211,6 +213,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10_000, help="agent steps profiled, after the first iteration")
     parser.add_argument("--warmup", type=int, default=10_000, help="agent steps of the first iteration (not profiled)")
     parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--num-experts", type=int, default=0, help="Soft MoE experts (0: the agent's default)")
     parser.add_argument("--buffer-size", type=int, default=1_000_000, help="DQN and Rainbow only")
     parser.add_argument("--timers", action="store_true", help="clocks on the loop's parts instead of cProfile")
     parser.add_argument("--emulator-steps", type=int, default=0, help="first time the emulators alone for this many vector steps")
@@ -236,7 +239,7 @@ def main():
     result = {"agent": opts.agent, "env_id": opts.env_id, "num_envs": opts.num_envs, "device":
               torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "method": "timers" if opts.timers else "cProfile",
-              "torch_threads": torch.get_num_threads(), "profiled_steps": steps, "profiled_seconds": seconds,
+              "num_experts": args.num_experts, "torch_threads": torch.get_num_threads(), "profiled_steps": steps, "profiled_seconds": seconds,
               "agent_steps_per_s_profiled": steps / seconds, "us_per_agent_step": parts, "emulator_alone": emulator}
     print(f"{opts.agent} on {result['device']}: {steps:,} agent steps profiled, {steps / seconds:.0f} steps/s "
           f"{'with timers' if opts.timers else 'under cProfile'}")

@@ -98,11 +98,11 @@ def test_games_start_with_noops_that_are_not_agent_steps(tmp_path, monkeypatch):
         init(self, *a, **k)
         envs.append(self)
 
-    def recording_start_rows(self, frames, actions, final, starts=None):
+    def recording_start_rows(self, frames, final, starts=None):
         if previous_final[0] and not final[0]:  # the first agent step of a game
             first_frames.append(envs[0].env.unwrapped.ale.getEpisodeFrameNumber())
         previous_final[0] = bool(final[0])
-        start_rows(self, frames, actions, final, starts)
+        start_rows(self, frames, final, starts)
 
     monkeypatch.setattr(drq.AtariEnvs, "__init__", recording_init)
     monkeypatch.setattr(drq.FrameReplay, "start_rows", recording_start_rows)

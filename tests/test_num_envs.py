@@ -117,8 +117,9 @@ def test_k_streams_hold_the_transitions_of_k_single_replays(k, capacity, n):
 
 @pytest.mark.parametrize("k, capacity, n", [(1, 50, 1), (1, 64, 3), (3, 60, 3)])
 def test_updates_between_start_and_finish_rows_see_the_stored_step(k, capacity, n):
-    """The agents begin a vector step's rows (`start_rows`), learn while the emulators step, and
-    then write the rewards and terminations (`finish_rows`). Every transition an update could
+    """The agents begin a vector step's rows with their frames (`start_rows`), queue the updates
+    behind the action's forward pass, which run while the emulators step, and then write the
+    actions, rewards and terminations (`finish_rows`). Every transition an update could
     sample in between equals the one it would sample had the whole step been stored first
     (Dopamine's order), and afterwards both replays hold the same rows, whether the step's rows
     were still staged or already on the device; across episode ends and wrap-around."""
@@ -127,7 +128,7 @@ def test_updates_between_start_and_finish_rows_see_the_stored_step(k, capacity, 
     compared = 0
     for t, (frames, actions, rewards, terminated, final) in enumerate(random_streams(k, 80, seed=10 + k)):
         stored.add_rows(frames, actions, rewards, terminated, final)
-        split.start_rows(frames, actions, final)
+        split.start_rows(frames, final)
         if t % 3 == 0:  # an update runs while the emulators step
             stored.flush()
             split.flush()
@@ -139,7 +140,7 @@ def test_updates_between_start_and_finish_rows_see_the_stored_step(k, capacity, 
                 for key in ("obs", "action", "return", "discount", "next_obs"):
                     assert torch.equal(a[key], b[key]), (t, key)
                 compared += 1
-        split.finish_rows(rewards, terminated)
+        split.finish_rows(actions, rewards, terminated)
     stored.flush()
     split.flush()
     for field in stored.fields:
@@ -243,8 +244,8 @@ AUDITED = [("dqn_moe_atari", dict(num_envs=1)), ("dqn_moe_atari", dict(num_envs=
 @pytest.mark.parametrize("module_name, extra", AUDITED)
 def test_updates_during_a_step_read_no_outcome_of_it(tmp_path, monkeypatch, module_name, extra):
     """Every agent learns between `start_rows` and `finish_rows`: the updates it runs there
-    (recorded through the replay's `gather`) read rewards and terminations only of rows before
-    the open ones, so they are the updates of the store-then-learn order (the test above)."""
+    (recorded through the replay's `gather`) read actions, rewards and terminations only of rows
+    before the open ones, so they are the updates of the store-then-learn order (the test above)."""
     import importlib
 
     agent = importlib.import_module(module_name)

@@ -280,8 +280,8 @@ def test_a_lost_life_ends_the_episode_without_a_final_row():
     rewards = [1.0, -1.0, 0.5, 2.0, 1.0, -0.5, 1.0, 1.0, 0.0, 1.0]
     life_lost_at = 3
     for row, reward in enumerate(rewards):
-        replay.start_rows(frame(row)[None], [row % 5], [False], starts=[row == life_lost_at + 1])
-        replay.finish_rows([reward], [row == life_lost_at])
+        replay.start_rows(frame(row)[None], [False], starts=[row == life_lost_at + 1])
+        replay.finish_rows([row % 5], [reward], [row == life_lost_at])
     replay.flush()
     starts = torch.arange(0, len(rewards) - n)
     b = replay.gather(starts)

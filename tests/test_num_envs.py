@@ -13,6 +13,35 @@ GAMMA = 0.9
 
 
 # ---- the environments ----------------------------------------------------------------------
+@pytest.mark.parametrize("omp, k, expected", [(None, 3, 3), ("2", 3, 2), ("8", 3, 3), ("4,2", 16, 4), ("", 2, 2), ("x", 2, 2)])
+def test_emulator_threads_honour_omp_num_threads(monkeypatch, omp, k, expected):
+    """One emulator thread per environment, at most the cores, or OMP_NUM_THREADS where a launcher
+    that runs several seeds on one machine sets it; a value that is not a count is ignored."""
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr(dqn.os, "cpu_count", lambda: 16)
+    assert dqn.emulator_threads(k) == expected
+
+
+def test_a_gpu_run_keeps_one_torch_host_thread():
+    """On the GPU the loop's torch work on the host is small copies: configure_backends leaves
+    torch one host thread, so that its idle pool does not spin on the emulators' cores. A CPU
+    run keeps its threads for the network's maths."""
+    before = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_num_threads(2)
+        dqn.configure_backends("cpu", True)
+        assert torch.get_num_threads() == 2
+        dqn.configure_backends("cuda", True)  # sets flags only: no GPU needed
+        assert torch.get_num_threads() == 1
+    finally:
+        dqn.configure_backends("cpu", True)
+        torch.set_num_threads(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
+
+
 def roll(envs, actions):
     """Step every environment with its column of `actions`; return all that came back."""
     out = [(envs.reset(seed=3).copy(), np.zeros(envs.num_envs), np.zeros(envs.num_envs, bool), np.zeros(envs.num_envs, bool))]

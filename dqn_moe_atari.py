@@ -1248,6 +1248,27 @@ class PendingActions:
         return self.host.numpy().copy()
 
 
+class SideStream:
+    """Runs two independent pieces of work side by side: `first` on a second CUDA stream, forked
+    from the current one, and `second` on the current stream, which waits for both before it
+    goes on (inside a CUDA graph too). On the CPU, one after the other. Every fork starts after
+    all the work queued before it, so memory the side stream frees is never reused early."""
+
+    def __init__(self, device):
+        self.stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
+
+    def beside(self, first, second) -> tuple:
+        if self.stream is None:
+            return first(), second()
+        main = torch.cuda.current_stream()
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            a = first()
+        b = second()
+        main.wait_stream(self.stream)
+        return a, b
+
+
 class CapturedStep:
     """Runs `fn()` (no arguments: it reads tensors that stay in place and returns tensors) as a
     CUDA graph: the first `warmup` calls run eagerly on a side stream (they are real steps), the
@@ -1668,21 +1689,27 @@ def td_target(target_net: QNetwork, batch: dict) -> torch.Tensor:
         return batch["return"] + batch["discount"] * target_net(batch["next_obs"]).max(dim=1).values
 
 
-def td_loss(args: Args, q_net: QNetwork, batch: dict, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DQN loss: Q(s, a) against the target, MSE by default; plus the Top1 auxiliary losses when
-    weighted. Returns (loss to minimise, TD loss)."""
-    need_router = args.moe == "top1" and (args.importance_loss_weight > 0 or args.load_loss_weight > 0)
-    if need_router:
+def online_q(args: Args, q_net: QNetwork, batch: dict) -> tuple[torch.Tensor, Optional[dict]]:
+    """Q(s, .) of the online network, and the router's outputs where the Top1 auxiliary losses
+    are weighted (None otherwise)."""
+    if args.moe == "top1" and (args.importance_loss_weight > 0 or args.load_loss_weight > 0):
         q, _, aux = q_net(batch["obs"], with_aux=True)
-    else:
-        q = q_net(batch["obs"])
+        return q, aux
+    return q_net(batch["obs"]), None
+
+
+def td_loss(args: Args, online: tuple[torch.Tensor, Optional[dict]], batch: dict,
+            target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DQN loss: Q(s, a) (`online_q`) against the target, MSE by default; plus the Top1
+    auxiliary losses when weighted. Returns (loss to minimise, TD loss)."""
+    q, aux = online
     q_taken = q.gather(1, batch["action"].unsqueeze(1)).squeeze(1)
     if args.loss == "mse":
         loss = (q_taken - target).pow(2).mean()
     else:
         loss = F.smooth_l1_loss(q_taken, target)
     total = loss
-    if need_router:
+    if aux is not None:
         if args.importance_loss_weight > 0:
             total = total + args.importance_loss_weight * importance_loss(aux["probs"])
         if args.load_loss_weight > 0:
@@ -1692,17 +1719,29 @@ def td_loss(args: Args, q_net: QNetwork, batch: dict, target: torch.Tensor) -> t
 
 def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameReplay) -> CapturedStep:
     """One gradient update: sample a batch on the device, loss, backward, Adam. No host
-    synchronisation, so it can be compiled and captured whole; returns the TD loss (a tensor)."""
+    synchronisation, so it can be compiled and captured whole; returns the TD loss (a tensor).
+    The target network's forward pass and the online network's are independent until the loss:
+    on the GPU they run side by side on two streams (`SideStream`), which keeps more of the GPU
+    busy than one after the other (benchmark/RESULTS.md, seventh pass). The pieces between the
+    streams' fork and join are compiled one by one."""
+    compiled = torch.compile if args.compile else (lambda fn: fn)
+    sample = compiled(lambda: replay.sample(args.batch_size))
+    target_of = compiled(lambda batch: td_target(target_net, batch))
+    forward = compiled(lambda batch: online_q(args, q_net, batch))
+    loss_of = compiled(lambda online, batch, target: td_loss(args, online, batch, target))
+    adam_step = compiled(optimizer.step)
+    side = SideStream(replay.device)
 
     def update():
-        batch = replay.sample(args.batch_size)
-        total, loss = td_loss(args, q_net, batch, td_target(target_net, batch))
+        batch = sample()
+        target, online = side.beside(lambda: target_of(batch), lambda: forward(batch))
+        total, loss = loss_of(online, batch, target)
         optimizer.zero_grad()  # set to None: backward writes the gradients, no zero fill and add (benchmark/RESULTS.md)
         total.backward()
-        optimizer.step()
+        adam_step()
         return loss.detach()
 
-    return CapturedStep(torch.compile(update) if args.compile else update, args.cudagraphs)
+    return CapturedStep(update, args.cudagraphs)
 
 
 def make_act_step(args: Args, q_net, act_input: torch.Tensor) -> CapturedStep:

@@ -1344,6 +1344,27 @@ class PendingActions:
         return self.host.numpy().copy()
 
 
+class SideStream:
+    """Runs two independent pieces of work side by side: `first` on a second CUDA stream, forked
+    from the current one, and `second` on the current stream, which waits for both before it
+    goes on (inside a CUDA graph too). On the CPU, one after the other. Every fork starts after
+    all the work queued before it, so memory the side stream frees is never reused early."""
+
+    def __init__(self, device):
+        self.stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
+
+    def beside(self, first, second) -> tuple:
+        if self.stream is None:
+            return first(), second()
+        main = torch.cuda.current_stream()
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            a = first()
+        b = second()
+        main.wait_stream(self.stream)
+        return a, b
+
+
 class CapturedStep:
     """Runs `fn()` (no arguments: it reads tensors that stay in place and returns tensors) as a
     CUDA graph: the first `warmup` calls run eagerly on a side stream (they are real steps), the

@@ -12,7 +12,9 @@ batch 32) and times it, captured in a CUDA graph, under each variant:
     fused_adam     + Adam(fused=True) instead of the capturable for-each Adam
     nchw           the network in NCHW instead of channels-last
     max_autotune   + torch.compile(mode="max-autotune-no-cudagraphs"): Triton conv/matmul templates
-    target_stream  DQN only: the target network's forward on a second stream, beside the online one
+    one_stream     DQN: the target network's forward after the online one on the same stream, not
+                   beside it on a second stream (SideStream; as before the seventh pass, but still
+                   compiled in pieces); same arithmetic, so the parameters' checksum must match fast's
     relu_unfused   the ReLUs of the residual blocks as their own operations (torch.compile fuses them
                    with what it can), not inside the Triton convolutions (as before the sixth pass)
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -52,7 +55,7 @@ AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, t
     "der": ("der_moe_atari100k", dict(moe="soft", num_experts=4)),
     "drq": ("drq_moe_atari100k", dict(moe="soft", num_experts=4)),
 }
-VARIANTS = ("fast", "cudnn", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "target_stream",
+VARIANTS = ("fast", "cudnn", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "one_stream",
             "relu_unfused")
 KINDS = [  # (kind, pattern on the kernel name), first match wins
     ("conv forward + data grad (Triton)", r"_conv3x3_kernel"),
@@ -73,65 +76,53 @@ def kind_of(name: str) -> str:
 
 
 def build_update(agent, args, variant: str, device):
-    """The agent's update as the training loop builds it, with the variant's change."""
+    """The agent's update as the training loop builds it, with the variant's change; the online
+    network it trains; and how many updates it already ran."""
     torch.backends.cudnn.benchmark_limit = 0 if variant == "limit0" else 10
     fmt = torch.contiguous_format if variant == "nchw" else None
-    adam = dict(fused=True) if variant == "fused_adam" else dict(capturable=True)
-    plain = dataclasses.replace(args, compile=False, cudagraphs=False, triton_convs=variant != "cudnn")
-    parts = update_parts(agent, plain, device, fmt, adam)
-    if variant == "target_stream":
-        return target_on_side_stream(agent, args, parts)
-    fn = parts["update"].fn  # the raw update function
+    adam = dict(fused=True) if variant == "fused_adam" else None
+    run = dataclasses.replace(args, compile=variant != "graph_only", triton_convs=variant != "cudnn")
+    compile_ = torch.compile
+    if variant == "max_autotune":
+        torch.compile = functools.partial(compile_, mode="max-autotune-no-cudagraphs")
+    try:
+        parts = update_parts(agent, run, device, fmt, adam)
+    finally:
+        torch.compile = compile_
+    step = parts["update"]
     if variant == "bf16":
-        raw = fn
+        raw = step.fn
 
-        def fn():
+        def autocast_update():
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return raw()
-    if variant != "graph_only":
-        mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
-        fn = torch.compile(fn, mode=mode)
-    step = agent.CapturedStep(fn, enabled=True)
+        step = agent.CapturedStep(autocast_update, enabled=True)
+    # the variants that change what gets compiled and captured: in place for the first calls only
+    changed, calls = {}, 0
     if variant == "relu_unfused":
-        fused = agent.ResidualBlock.forward
-        agent.ResidualBlock.forward = lambda block, x: x + block.conv1(F.relu(block.conv0(F.relu(x))))
+        changed[(agent.ResidualBlock, "forward")] = lambda block, x: x + block.conv1(F.relu(block.conv0(F.relu(x))))
+    if variant == "one_stream":
+        if not hasattr(agent, "SideStream"):
+            raise ValueError(f"{agent.__name__} has no SideStream")
+        changed[(agent.SideStream, "beside")] = lambda side, first, second: (first(), second())
+    if changed:
+        kept = {key: getattr(*key) for key in changed}
+        for key, fn in changed.items():
+            setattr(*key, fn)
         try:
-            for _ in range(step.warmup + 1):  # compiled and captured with the separate ReLUs
+            for calls in range(1, step.warmup + 2):  # compiled and captured with the change
                 step()
         finally:
-            agent.ResidualBlock.forward = fused
-    return step
+            for key, fn in kept.items():
+                setattr(*key, fn)
+    return step, parts["q_net"], calls
 
 
-def target_on_side_stream(agent, args, parts):
-    """DQN's update with the target network's forward on a second CUDA stream, overlapping the
-    online forward; the same arithmetic (without Top1's auxiliary losses), compiled in pieces
-    because the two streams split it."""
-    if agent.__name__ != "dqn_moe_atari":
-        raise ValueError("target_stream is built for DQN only")
-    q_net, target, optimizer, replay = parts["q_net"], parts["target"], parts["optimizer"], parts["replay"]
-    side = torch.cuda.Stream()
-    sample = torch.compile(lambda: replay.sample(args.batch_size))
-    targets = torch.compile(lambda batch: agent.td_target(target, batch))
-    taken = torch.compile(lambda batch: q_net(batch["obs"]).gather(1, batch["action"].unsqueeze(1)).squeeze(1))
-    loss_of = torch.compile(lambda q, y: (q - y).pow(2).mean() if args.loss == "mse" else F.smooth_l1_loss(q, y))
-    adam_step = torch.compile(optimizer.step)
-
-    def update():
-        batch = sample()
-        main = torch.cuda.current_stream()
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            y = targets(batch)
-        q = taken(batch)
-        main.wait_stream(side)
-        loss = loss_of(q, y)
-        optimizer.zero_grad()
-        loss.backward()
-        adam_step()
-        return loss.detach()
-
-    return agent.CapturedStep(update, enabled=True)
+def params_checksum(net) -> float:
+    """A sum over every parameter (float64): equal across variants that compute the same thing
+    after the same calls, bit for bit."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in net.parameters()))
 
 
 def gpu_times(fn, calls: int) -> dict:
@@ -193,14 +184,16 @@ def main():
             key = f"{name}/{variant}"
             try:
                 start = time.time()
-                step = build_update(agent, args, variant, device)
-                for _ in range(10):  # compilation, capture, cudnn autotuning
+                step, q_net, calls = build_update(agent, args, variant, device)
+                for _ in range(10 - calls):  # compilation, capture, cudnn autotuning: 10 calls in every variant
                     step()
                 ms = timed(step, device, opts.repeats)
+                checksum = params_checksum(q_net)
                 results["latency_ms"][key] = {"median": statistics.median(ms), "p10": sorted(ms)[len(ms) // 10],
-                                              "build_s": round(time.time() - start, 1)}
+                                              "build_s": round(time.time() - start, 1), "params_checksum": checksum}
                 print(f"{name:8s} {variant:13s} update {statistics.median(ms):.3f} ms "
-                      f"(built in {time.time() - start:.0f} s)", flush=True)
+                      f"(built in {time.time() - start:.0f} s; parameters after {10 + opts.repeats} updates: "
+                      f"checksum {checksum!r})", flush=True)
                 if variant == "fast":
                     table = kernel_table(step, device, opts.profile_calls)
                     results["profile"][name] = table

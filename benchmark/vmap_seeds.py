@@ -48,7 +48,7 @@ class SeedBatch:
         self.args = args
 
     def net(self, params, buffers):
-        """One seed's network as a function of its parameters (what td_loss and td_target call)."""
+        """One seed's network as a function of its parameters (what online_q and td_target call)."""
         return lambda obs, with_aux=False: functional_call(self.template, (params, buffers), (obs,), {"with_aux": with_aux})
 
     def losses(self, batch: dict) -> torch.Tensor:
@@ -56,7 +56,8 @@ class SeedBatch:
 
         def one_seed(params, target, buffers, batch):
             q_target = dqn.td_target(self.net(target, buffers), batch)
-            return dqn.td_loss(self.args, self.net(params, buffers), batch, q_target)[0]
+            online = dqn.online_q(self.args, self.net(params, buffers), batch)
+            return dqn.td_loss(self.args, online, batch, q_target)[0]
 
         return vmap(one_seed)(self.params, self.target, self.buffers, batch)
 

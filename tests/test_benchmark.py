@@ -59,7 +59,7 @@ def test_perf_quick(tmp_path):
 
 def test_seed_batched_update_is_independent_agents():
     """vmap_seeds.py's batched step over 3 seeds gives, after two updates, every seed the
-    parameters its own DQN update (the agent's td_loss and td_target, its own Adam) gives."""
+    parameters its own DQN update (the agent's online_q, td_loss and td_target, its own Adam) gives."""
     import copy
 
     import torch
@@ -84,7 +84,7 @@ def test_seed_batched_update_is_independent_agents():
         opt = torch.optim.Adam(net.parameters(), lr=args.learning_rate, eps=args.adam_eps)
         for batch in batches:
             mine = {k: v[s] for k, v in batch.items()}
-            total, _ = dqn.td_loss(args, net, mine, dqn.td_target(target, mine))
+            total, _ = dqn.td_loss(args, dqn.online_q(args, net, mine), mine, dqn.td_target(target, mine))
             opt.zero_grad()
             total.backward()
             opt.step()

@@ -120,3 +120,60 @@ def test_wandb_offline_and_video(tmp_path):
     run_dir = only_run_dir(tmp_path)
     assert os.path.isdir(os.path.join(run_dir, "wandb"))
     assert any(f.endswith(".mp4") for f in os.listdir(os.path.join(run_dir, "videos")))
+
+
+def filled_replay(dqn, rows: int = 300):
+    """A uniform replay of random frames, actions and rewards, with an episode end now and then."""
+    import numpy as np
+
+    replay = dqn.FrameReplay(1000, (84, 84), 4, 1, 0.99, "cpu")
+    rng = np.random.default_rng(0)
+    for i in range(rows):
+        replay.add(rng.integers(0, 256, size=(84, 84), dtype=np.uint8), int(rng.integers(6)), float(rng.normal()),
+                   bool(i % 97 == 96))
+    replay.flush()
+    return replay
+
+
+@pytest.mark.parametrize("moe", ["soft", "top1"])
+def test_update_step_is_one_adam_step_on_the_td_loss(moe):
+    """make_update_step (its pieces, the target network beside the online one, which on the CPU
+    run one after the other) is one Adam step on the MSE between Q(s, a) and r + gamma max_a'
+    Q_target(s', a'), computed here directly on the batch the same random draws give; with Top1,
+    plus the weighted importance and load losses."""
+    import copy
+
+    import dqn_moe_atari as dqn
+
+    args = dqn.Args(env_id="Pong", impala_channels=(4, 8, 8), expert_hidden=16, num_experts=4, batch_size=8,
+                    moe=moe, device="cpu", learning_rate=1e-3,
+                    **(dict(importance_loss_weight=0.1, load_loss_weight=0.1) if moe == "top1" else {}))
+    torch.manual_seed(0)
+    q_net, target_net = dqn.QNetwork(args, 6), dqn.QNetwork(args, 6).requires_grad_(False)
+    mine, my_target = copy.deepcopy(q_net), copy.deepcopy(target_net)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    my_optimizer = torch.optim.Adam(mine.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    replay = filled_replay(dqn)
+    start = copy.deepcopy(q_net)
+    step = dqn.make_update_step(args, q_net, target_net, optimizer, replay)
+    for _ in range(2):
+        rng = torch.get_rng_state()
+        loss = step()
+        after = torch.get_rng_state()
+        torch.set_rng_state(rng)
+        batch = replay.sample(args.batch_size)
+        with torch.no_grad():
+            y = batch["return"] + batch["discount"] * my_target(batch["next_obs"]).max(dim=1).values
+        q, _, aux = mine(batch["obs"], with_aux=True)
+        td = (q[torch.arange(args.batch_size), batch["action"]] - y).pow(2).mean()
+        total = td
+        if moe == "top1":
+            total = total + 0.1 * dqn.importance_loss(aux["probs"]) + 0.1 * dqn.load_loss(aux["logits"], 0.25)
+        my_optimizer.zero_grad()
+        total.backward()
+        my_optimizer.step()
+        assert torch.allclose(loss, td, atol=1e-6)
+        assert torch.equal(torch.get_rng_state(), after)  # the same random draws, in the same order
+    for (name, p), theirs in zip(mine.named_parameters(), q_net.parameters()):
+        assert torch.allclose(p, theirs, atol=1e-6), name
+    assert all(not torch.equal(p, p0) for p, p0 in zip(q_net.parameters(), start.parameters()) if p.grad is not None)

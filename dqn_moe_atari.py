@@ -1719,11 +1719,11 @@ def td_loss(args: Args, online: tuple[torch.Tensor, Optional[dict]], batch: dict
 
 def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameReplay) -> CapturedStep:
     """One gradient update: sample a batch on the device, loss, backward, Adam. No host
-    synchronisation, so it can be compiled and captured whole; returns the TD loss (a tensor).
-    The target network's forward pass and the online network's are independent until the loss:
-    on the GPU they run side by side on two streams (`SideStream`), which keeps more of the GPU
-    busy than one after the other (benchmark/RESULTS.md, seventh pass). The pieces between the
-    streams' fork and join are compiled one by one."""
+    synchronisation, so it can be captured whole in one CUDA graph; returns the TD loss (a
+    tensor). The target network's forward pass and the online network's are independent until
+    the loss: on the GPU they run side by side on two streams (`SideStream`), which keeps more of
+    the GPU busy than one after the other (benchmark/RESULTS.md, seventh pass). The pieces
+    between the streams' fork and join are compiled one by one."""
     compiled = torch.compile if args.compile else (lambda fn: fn)
     sample = compiled(lambda: replay.sample(args.batch_size))
     target_of = compiled(lambda batch: td_target(target_net, batch))

@@ -68,6 +68,9 @@ def emulator_alone(agent, opts) -> dict:
             "agent_steps_per_s": steps / seconds}
 
 
+PARTS = ("emulator", "act_wait", "act", "update", "replay")  # act_wait: --timers only
+
+
 def loop_parts(agent_file: str) -> dict:
     """part: (file name ending, function name) of the functions whose cumulative time it sums."""
     return {
@@ -93,9 +96,10 @@ def run_args(agent, name: str, opts, device: str):
                       epsilon_decay_steps=1, buffer_size=opts.buffer_size)
 
 
-def profile_run(agent, args) -> tuple[pstats.Stats, float, int]:
+def profile_run(agent, args) -> tuple[dict, float, int]:
     """Runs agent.main(args) and profiles it from the first iteration's record to the end.
-    Returns the statistics, the profiled seconds and the profiled agent steps."""
+    Returns the seconds in each part (the cumulative time of its functions), the profiled
+    seconds and the profiled agent steps."""
     profiler, window = cProfile.Profile(), {}
     make_update, make_act, record = agent.make_update_step, agent.make_act_step, agent.RunLogger.record
 
@@ -128,7 +132,11 @@ def profile_run(agent, args) -> tuple[pstats.Stats, float, int]:
     finally:
         agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update, make_act, record
     (first, t0), (last, t1) = window["start"], window["end"]
-    return pstats.Stats(profiler), t1 - t0, last - first
+    stats = pstats.Stats(profiler).stats
+    spent = {part: sum(ct for (path, _, func), (_, _, _, ct, _) in stats.items()
+                       if any(path.endswith(end) and func == name for end, name in functions))
+             for part, functions in loop_parts(os.path.basename(agent.__file__)).items()}
+    return spent, t1 - t0, last - first
 
 
 def timed_run(agent, args) -> tuple[dict, float, int]:
@@ -189,19 +197,9 @@ def timed_run(agent, args) -> tuple[dict, float, int]:
     return dict(spent), t1 - t0, last - first
 
 
-def parts_per_step(stats: pstats.Stats, seconds: float, steps: int, agent_file: str) -> dict:
-    """Microseconds per agent step of each part (cumulative time of its functions), and the rest."""
-    out = {}
-    for part, functions in loop_parts(agent_file).items():
-        if isinstance(stats, dict):  # timed_run's seconds per part
-            total = stats.get(part, 0.0)
-        else:
-            total = sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
-                        if any(path.endswith(end) and func == name for end, name in functions))
-        out[part] = 1e6 * total / steps
-    if isinstance(stats, dict):
-        out = {"emulator": out["emulator"], "act_wait": 1e6 * stats.get("act_wait", 0.0) / steps,
-               **{part: us for part, us in out.items() if part != "emulator"}}
+def parts_per_step(spent: dict, seconds: float, steps: int) -> dict:
+    """Microseconds per agent step of each part that was measured, in the loop's order, and the rest."""
+    out = {part: 1e6 * spent[part] / steps for part in PARTS if part in spent}
     out["other"] = 1e6 * seconds / steps - sum(out.values())
     return out
 
@@ -234,8 +232,8 @@ def main():
     args = run_args(agent, opts.agent, opts, device)
     with tempfile.TemporaryDirectory() as tmp:
         run = timed_run if opts.timers else profile_run
-        stats, seconds, steps = run(agent, dataclasses.replace(args, runs_dir=tmp))
-    parts = parts_per_step(stats, seconds, steps, os.path.basename(agent.__file__))
+        spent, seconds, steps = run(agent, dataclasses.replace(args, runs_dir=tmp))
+    parts = parts_per_step(spent, seconds, steps)
     result = {"agent": opts.agent, "env_id": opts.env_id, "num_envs": opts.num_envs, "device":
               torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "method": "timers" if opts.timers else "cProfile",

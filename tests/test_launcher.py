@@ -28,11 +28,13 @@ if "--fail" in a:
     raise SystemExit("error: this run was told to fail")
 run = get("--resume") or os.path.join(get("--runs-dir"), "run")
 os.makedirs(run, exist_ok=True)
-with open(os.path.join(get("--stamps"), f"{os.getpid()}.json"), "w") as f:
+stamp = os.path.join(get("--stamps"), f"{os.getpid()}.json")
+with open(stamp + ".tmp", "w") as f:  # renamed into place whole: the test never reads half a stamp
     json.dump({"start": time.time(), "omp": os.environ.get("OMP_NUM_THREADS"), "resumed": "--resume" in a,
                "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "mps": os.environ.get("CUDA_MPS_PIPE_DIRECTORY"),
                "mps_up": os.path.exists(os.path.join(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/nonexistent"), "up")),
                "args": a}, f)
+os.replace(stamp + ".tmp", stamp)
 open(os.path.join(run, "config.json"), "w").write(json.dumps({"exp_name": get("--exp-name")}))
 open(os.path.join(run, "checkpoint.pt"), "w").write("state")
 time.sleep(float(get("--sleep", "0")))
@@ -83,7 +85,7 @@ def states(sweep):
 
 
 def stamps(tmp):
-    return [json.loads(p.read_text()) for p in (tmp / "stamps").iterdir()]
+    return [json.loads(p.read_text()) for p in (tmp / "stamps").iterdir() if p.suffix == ".json"]
 
 
 def status_line(sweep, env=None):

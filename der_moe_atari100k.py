@@ -1836,23 +1836,28 @@ def rainbow_targets(args: Args, q_net: RainbowNetwork, target_net: RainbowNetwor
         return project_distribution(target_support, logits_best.softmax(dim=-1), support)
 
 
-def rainbow_loss(args: Args, q_net: RainbowNetwork, batch: dict, targets: torch.Tensor):
-    """Per-transition loss: cross-entropy between the projected target and the predicted
-    distribution of the action taken (C51), or Huber on scalar Q. Weighted by the importance
-    weights; the Top1 auxiliary losses are added when weighted. Returns (loss to minimise,
-    per-transition loss)."""
-    need_router = args.moe == "top1" and (args.importance_loss_weight > 0 or args.load_loss_weight > 0)
-    if need_router:
+def online_logits(args: Args, q_net: RainbowNetwork, batch: dict) -> tuple[torch.Tensor, Optional[dict]]:
+    """The online network's logits on the states, and the router's outputs where the Top1
+    auxiliary losses are weighted (None otherwise)."""
+    if args.moe == "top1" and (args.importance_loss_weight > 0 or args.load_loss_weight > 0):
         _, logits, _, aux = q_net(batch["obs"], with_aux=True)
-    else:
-        _, logits = q_net(batch["obs"])
+        return logits, aux
+    return q_net(batch["obs"])[1], None
+
+
+def rainbow_loss(args: Args, online: tuple[torch.Tensor, Optional[dict]], batch: dict, targets: torch.Tensor):
+    """Per-transition loss: cross-entropy between the projected target and the predicted
+    distribution of the action taken (C51), or Huber on scalar Q (`online_logits`). Weighted by
+    the importance weights; the Top1 auxiliary losses are added when weighted. Returns (loss to
+    minimise, per-transition loss)."""
+    logits, aux = online
     chosen = logits[torch.arange(len(logits), device=logits.device), batch["action"]]  # (B, atoms)
     if args.num_atoms == 1:
         per_sample = F.smooth_l1_loss(chosen.squeeze(-1), targets, reduction="none")
     else:
         per_sample = -(targets * chosen.log_softmax(dim=-1)).sum(dim=-1)
     total = (batch["weights"] * per_sample).mean() if "weights" in batch else per_sample.mean()
-    if need_router:
+    if aux is not None:
         if args.importance_loss_weight > 0:
             total = total + args.importance_loss_weight * importance_loss(aux["probs"])
         if args.load_loss_weight > 0:
@@ -1863,21 +1868,39 @@ def rainbow_loss(args: Args, q_net: RainbowNetwork, batch: dict, targets: torch.
 def make_update_step(args: Args, q_net, target_net, optimizer, replay: FrameReplay, augment=None) -> CapturedStep:
     """One gradient update: prioritised (or uniform) sampling on the device, targets, loss,
     backward, Adam, new priorities. `augment` (DrQ) transforms the states and the next states,
-    each with its own draw. No host synchronisation; returns the mean loss (a tensor)."""
+    each with its own draw. No host synchronisation; returns the mean loss (a tensor). The
+    targets (the target network's pass and the double-DQN pass on the next states) and the
+    online network's pass on the states are independent until the loss: on the GPU they run side
+    by side on two streams (`SideStream`), compiled piece by piece."""
+    compiled = torch.compile if args.compile else (lambda fn: fn)
 
-    def update():
+    def sample_batch() -> dict:
         batch = replay.sample(args.batch_size)
         if augment is not None:
             batch["obs"], batch["next_obs"] = augment(batch["obs"]), augment(batch["next_obs"])
-        total, per_sample = rainbow_loss(args, q_net, batch, rainbow_targets(args, q_net, target_net, batch))
+        return batch
+
+    sample = compiled(sample_batch)
+    targets_of = compiled(lambda batch: rainbow_targets(args, q_net, target_net, batch))
+    forward = compiled(lambda batch: online_logits(args, q_net, batch))
+    loss_of = compiled(lambda online, batch, targets: rainbow_loss(args, online, batch, targets))
+    adam_step = compiled(optimizer.step)
+    reprioritise = compiled(lambda rows, per_sample: replay.update_priorities(rows, torch.sqrt(per_sample + 1e-10)))
+    side = SideStream(replay.device)
+
+    def update():
+        batch = sample()
+        targets, online = side.beside(lambda: targets_of(batch), lambda: forward(batch))
+        total, per_sample = loss_of(online, batch, targets)
         optimizer.zero_grad()  # set to None: backward writes the gradients, no zero fill and add (benchmark/RESULTS.md)
         total.backward()
-        optimizer.step()
+        adam_step()
+        per_sample = per_sample.detach()
         if args.prioritized:
-            replay.update_priorities(batch["rows"], torch.sqrt(per_sample.detach() + 1e-10))
-        return per_sample.detach().mean()
+            reprioritise(batch["rows"], per_sample)
+        return per_sample.mean()
 
-    return CapturedStep(torch.compile(update) if args.compile else update, args.cudagraphs)
+    return CapturedStep(update, args.cudagraphs)
 
 
 def make_act_step(args: Args, q_net, act_input: torch.Tensor) -> CapturedStep:

@@ -525,11 +525,11 @@ def test_loss_matches_definition(num_atoms):
         targets = targets / targets.sum(1, keepdim=True)
         ref = -(targets * logits[torch.arange(B), action].log_softmax(-1)).sum(-1)
     batch = {"obs": obs, "action": action, "weights": weights}
-    total, per = rb.rainbow_loss(args, net, batch, targets)
+    total, per = rb.rainbow_loss(args, rb.online_logits(args, net, batch), batch, targets)
     torch.testing.assert_close(per.detach(), ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(total.detach(), (weights * ref).mean(), rtol=1e-4, atol=1e-5)
     del batch["weights"]
-    total, _ = rb.rainbow_loss(args, net, batch, targets)
+    total, _ = rb.rainbow_loss(args, rb.online_logits(args, net, batch), batch, targets)
     torch.testing.assert_close(total.detach(), ref.mean(), rtol=1e-4, atol=1e-5)
 
 

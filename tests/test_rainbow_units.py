@@ -536,13 +536,17 @@ def test_loss_matches_definition(num_atoms):
 # ------------------------------------------------------------------------------------------
 # 8. one update step
 # ------------------------------------------------------------------------------------------
-def test_update_step_changes_params_and_priorities():
-    """make_update_step on a filled PrioritizedFrameReplay: the returned loss is finite and is
-    the mean per-sample C51 loss of the pre-update network on the sampled batch; every weight
-    matrix changes; the sampled rows' priorities become sqrt(per-sample loss + 1e-10), the
-    others keep theirs, and max_priority follows."""
+@pytest.mark.parametrize("moe", ["soft", "top1"])
+def test_update_step_changes_params_and_priorities(moe):
+    """make_update_step on a filled PrioritizedFrameReplay (its pieces: the targets beside the
+    online pass, which on the CPU run one after the other): the returned loss is finite and is
+    the mean per-sample C51 loss of the pre-update network on the sampled batch; the parameters
+    are one Adam step on that loss weighted by the importance weights (with Top1, plus the
+    weighted importance and load losses); the sampled rows' priorities become
+    sqrt(per-sample loss + 1e-10), the others keep theirs, and max_priority follows."""
     torch.manual_seed(0)
-    args = small_args(noisy=False, learning_rate=1e-3)
+    aux_weights = dict(importance_loss_weight=0.1, load_loss_weight=0.1) if moe == "top1" else {}
+    args = small_args(noisy=False, learning_rate=1e-3, moe=moe, **aux_weights)
     q_net = rb.RainbowNetwork(args, 6)
     torch.manual_seed(1)
     target_net = rb.RainbowNetwork(args, 6).requires_grad_(False)
@@ -550,7 +554,8 @@ def test_update_step_changes_params_and_priorities():
     frames = torch.randint(0, 256, (80, 84, 84), generator=g, dtype=torch.uint8).numpy()
     cap = 64
     replay = rb.PrioritizedFrameReplay(cap, (84, 84), 4, args.n_step, args.gamma)
-    fill(replay, [(20, "terminated"), (15, "truncated"), (10, "open")], make_frame=lambda r: frames[r])
+    log = fill(replay, [(20, "terminated"), (15, "truncated"), (10, "open")], make_frame=lambda r: frames[r])
+    set_distinct_priorities(replay, log, args.n_step)  # importance weights that differ
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     captured = {}
     sample = replay.sample
@@ -561,9 +566,11 @@ def test_update_step_changes_params_and_priorities():
 
     replay.sample = spy
     before = copy.deepcopy(q_net)
-    prio_before = replay.priorities.clone()
+    prio_before, max_before = replay.priorities.clone(), replay.max_priority.item()
     step = rb.make_update_step(args, q_net, target_net, optimizer, replay)
+    rng = torch.get_rng_state()
     loss = step()
+    rng_after = torch.get_rng_state()
     assert torch.isfinite(loss)
     batch = captured
     B = args.batch_size
@@ -583,7 +590,22 @@ def test_update_step_changes_params_and_priorities():
     untouched = torch.ones(cap, dtype=torch.bool)
     untouched[pos] = False
     assert torch.equal(replay.priorities[untouched], prio_before[untouched])
-    assert replay.max_priority.item() == pytest.approx(max(1.0, torch.sqrt(per + 1e-10).max().item()), rel=1e-5)
-    for (name, p0), p1 in zip(before.named_parameters(), q_net.parameters()):
-        if p0.dim() > 1:
+    assert replay.max_priority.item() == pytest.approx(max(max_before, torch.sqrt(per + 1e-10).max().item()), rel=1e-5)
+    assert batch["weights"].std() > 0.05
+    mine = copy.deepcopy(before)
+    my_optimizer = torch.optim.Adam(mine.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    torch.set_rng_state(rng)
+    sample(B)  # the sampling's draws, so that the load loss's noise below is the update's
+    _, logits, _, aux = mine(batch["obs"], with_aux=True)
+    chosen = logits[torch.arange(B), batch["action"]]
+    total = (batch["weights"] * -(target * chosen.log_softmax(-1)).sum(-1)).mean()
+    if moe == "top1":
+        total = total + 0.1 * rb.importance_loss(aux["probs"]) + 0.1 * rb.load_loss(aux["logits"], 1.0 / args.num_experts)
+    my_optimizer.zero_grad()
+    total.backward()
+    my_optimizer.step()
+    assert torch.equal(torch.get_rng_state(), rng_after)  # the same random draws, in the same order
+    for (name, p0), p1, p2 in zip(before.named_parameters(), q_net.parameters(), mine.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=0, atol=1e-6, msg=name)
+        if p0.dim() > 1 and p2.grad is not None and p2.grad.abs().sum() > 0:
             assert not torch.equal(p0, p1), name

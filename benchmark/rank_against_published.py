@@ -19,7 +19,10 @@ published runs on our games, each with its 95% stratified-bootstrap CI, and the 
 matches sample sizes: the 95% range of each aggregate over many draws of as many published runs per
 game as we have (without replacement). If ours is the published agent, our aggregate falls in that
 range 95 times in 100; the CIs alone cannot say this, as ours (3 runs a game) is far wider than
-theirs (100). Prints Markdown; --plot draws each game's runs against the published spread, and
+theirs (100). Where games have unequal numbers of our runs, the matrices keep the fewest (lowest
+seeds), and a second table uses all of them: the IQM and the optimality gap over the runs pooled,
+the median and the mean over the games' means, against draws of as many published runs per game.
+Prints Markdown; --plot draws each game's runs against the published spread, and
 the percentiles' distribution against the uniform."""
 
 from __future__ import annotations
@@ -117,6 +120,43 @@ def compare_aggregates(rows: list[dict], published: dict[str, np.ndarray], table
             "share_of_draws_below": (draws < ours_point).mean(axis=0), "ours_matrix": ours}
 
 
+def ragged_metrics(columns: list[np.ndarray]) -> np.ndarray:
+    """aggregate_metrics on games with unequal numbers of runs (one array of normalised scores a
+    game): the IQM and the optimality gap over all the runs pooled, the median and the mean over
+    the games' mean scores. With equal numbers these are rliable's (aggregate_metrics)."""
+    pooled = np.concatenate(columns)
+    per_game = np.array([c.mean() for c in columns])
+    return np.array([scipy.stats.trim_mean(pooled, 0.25), np.median(per_game), per_game.mean(),
+                     1.0 - np.minimum(pooled, 1.0).mean()])
+
+
+def compare_all_runs(rows: list[dict], published: dict[str, np.ndarray], tables: dict, reps: int, seed: int = 0) -> dict:
+    """The aggregates of all our runs, however many each game has, and where they fall among
+    `reps` draws of as many published runs per game (without replacement). No bootstrap CI of
+    ours: a game with one run has nothing to resample."""
+    by_game: dict[str, list[float]] = {}
+    for r in rows:
+        by_game.setdefault(r["game"], []).append(normalise(r["score"], tables[table_key(r["game"])]))
+    games = list(by_game)
+    ours = ragged_metrics([np.array(by_game[g]) for g in games])
+    theirs = [normalise(published[table_key(g)], tables[table_key(g)]) for g in games]
+    rng = np.random.default_rng(seed)
+    draws = np.array([ragged_metrics([rng.choice(t, size=len(by_game[g]), replace=False) for g, t in zip(games, theirs)])
+                      for _ in range(reps)])
+    return {"games": games, "runs": sum(len(v) for v in by_game.values()), "ours": ours,
+            "expected": np.percentile(draws, [2.5, 97.5], axis=0), "share_of_draws_below": (draws < ours).mean(axis=0)}
+
+
+def print_all_runs(c: dict) -> None:
+    print(f"\nAll {c['runs']} runs on {len(c['games'])} games (unequal runs per game: IQM and optimality gap over "
+          f"the runs pooled, median and mean over the games' means), against as many published runs per game drawn "
+          f"at random\n")
+    print("| metric | ours | published, as many runs per game: 95% range | draws below ours |\n|---|---|---|---|")
+    for i, name in enumerate(METRICS):
+        print(f"| {name} | {c['ours'][i]:.3f} | {c['expected'][0, i]:.3f} to {c['expected'][1, i]:.3f} | "
+              f"{c['share_of_draws_below'][i]:.1%} |")
+
+
 def print_comparison(c: dict) -> None:
     n = c["runs_per_game"]
     print(f"\nHuman-normalised aggregates on {len(c['games'])} games, 95% CIs (stratified bootstrap); the last "
@@ -170,6 +210,10 @@ def main(argv=None) -> int:
         rows, s = rank(args.runs, load_published(args.published))
         tables = load_tables(default_tables())
         comparison = compare_aggregates(rows, load_published(args.published), tables, args.reps)
+        counts = {r["game"]: 0 for r in rows}
+        for r in rows:
+            counts[r["game"]] += 1
+        all_runs = compare_all_runs(rows, load_published(args.published), tables, args.reps) if len(set(counts.values())) > 1 else None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -183,6 +227,8 @@ def main(argv=None) -> int:
           f"(0.5 +- {s['standard_error_if_same']:.3f} if ours were the published agent); "
           f"Kolmogorov-Smirnov against uniform: D = {s['ks_statistic']:.3f}, p = {s['ks_p_value']:.3f}")
     print_comparison(comparison)
+    if all_runs is not None:
+        print_all_runs(all_runs)
     if args.plot:
         plot_against_published(rows, tables, s, args.plot)
     if len(names) > 1:

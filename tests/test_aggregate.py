@@ -530,3 +530,28 @@ def test_aggregates_against_published_runs_at_our_sample_size(tmp_path):
     summary = {"mean_percentile": 0.5, "runs": 12, "ks_p_value": 1.0}
     rank_against_published.plot_against_published(rows_of(lambda g, s: 1.0), tables, summary, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_aggregates_of_all_runs_with_unequal_runs_per_game():
+    """With unequal runs per game, all of ours go into the aggregates (IQM and optimality gap
+    pooled, median and mean of the games' means: rliable's with equal numbers), against draws of as
+    many published runs per game: inside their range when ours are published runs, above it all
+    when ours beat every published run."""
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(0.5, 0.4, size=(3, 5))
+    assert rank_against_published.ragged_metrics(list(matrix.T)) == pytest.approx(aggregate.aggregate_metrics(matrix))
+    games = ["Pong", "Breakout", "Seaquest", "Alien"]
+    tables = aggregate.load_tables(aggregate.default_tables())
+    published = {aggregate.table_key(g): rng.normal(100.0 * (i + 1), 20.0, 100) for i, g in enumerate(games)}
+    seeds = {"Pong": 1, "Breakout": 3, "Seaquest": 2, "Alien": 1}
+
+    def rows_of(scores_of):
+        return [{"game": g, "seed": s, "score": float(scores_of(g, s))} for g in games for s in range(seeds[g])]
+
+    same = rank_against_published.compare_all_runs(rows_of(lambda g, s: published[aggregate.table_key(g)][s]),
+                                                   published, tables, reps=300)
+    assert same["runs"] == 7
+    assert np.all(same["expected"][0] <= same["ours"]) and np.all(same["ours"] <= same["expected"][1])
+    best = rank_against_published.compare_all_runs(rows_of(lambda g, s: published[aggregate.table_key(g)].max() + 1 + s),
+                                                   published, tables, reps=300)
+    assert list(best["share_of_draws_below"]) == [1.0, 1.0, 1.0, 0.0]  # the gap: lower is better

@@ -158,3 +158,17 @@ def test_conv_kernels_benchmark_covers_every_impala_convolution():
     if not dqn.torch.cuda.is_available():
         proc = subprocess.run([sys.executable, "benchmark/conv_kernels.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_emulator_overlap_quick(tmp_path):
+    """Every case is timed and written; the overlap figures are (a + b - both) / min(a, b)."""
+    out = tmp_path / "overlap.json"
+    proc = subprocess.run([sys.executable, "benchmark/emulator_overlap.py", "--steps", "30", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    times = [r[k] for k in ("gymnasium_alone_us", "vector_env_alone_us", "python_work_alone_us",
+                            "gymnasium_thread_with_work_us", "vector_env_with_work_us")]
+    assert all(t > 0 for t in times)
+    a, b, both = r["vector_env_alone_us"], r["python_work_alone_us"], r["vector_env_with_work_us"]
+    assert r["vector_env_overlap"] == pytest.approx((a + b - both) / min(a, b))

@@ -96,10 +96,11 @@ def run_args(agent, name: str, opts, device: str):
                       epsilon_decay_steps=1, buffer_size=opts.buffer_size)
 
 
-def profile_run(agent, args) -> tuple[dict, float, int]:
+def profile_run(agent, args, top: int = 25) -> tuple[dict, float, int, dict]:
     """Runs agent.main(args) and profiles it from the first iteration's record to the end.
     Returns the seconds in each part (the cumulative time of its functions), the profiled
-    seconds and the profiled agent steps."""
+    seconds, the profiled agent steps, and the `top` functions by their own time (where "other"
+    goes)."""
     profiler, window = cProfile.Profile(), {}
     make_update, make_act, record = agent.make_update_step, agent.make_act_step, agent.RunLogger.record
 
@@ -136,12 +137,17 @@ def profile_run(agent, args) -> tuple[dict, float, int]:
     spent = {part: sum(ct for (path, _, func), (_, _, _, ct, _) in stats.items()
                        if any(path.endswith(end) and func == name for end, name in functions))
              for part, functions in loop_parts(os.path.basename(agent.__file__)).items()}
-    return spent, t1 - t0, last - first
+    steps = last - first
+    own_time = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
+    functions = [{"function": f"{os.path.basename(path)}:{line}({func})", "calls_per_agent_step": calls / steps,
+                  "own_us_per_agent_step": 1e6 * own / steps, "cumulative_us_per_agent_step": 1e6 * cumulative / steps}
+                 for (path, line, func), (_, calls, own, cumulative, _) in own_time]
+    return spent, t1 - t0, steps, {"top_functions": functions}
 
 
-def timed_run(agent, args) -> tuple[dict, float, int]:
+def timed_run(agent, args) -> tuple[dict, float, int, dict]:
     """Runs agent.main(args) with clocks on the loop's parts, from the first iteration's record to
-    the end. Returns the seconds in each part, the seconds timed and the agent steps timed."""
+    the end. Returns the seconds in each part, the seconds timed, the agent steps timed and {}."""
     window, spent, depth = {}, defaultdict(float), [0]
     cuda = torch.device(args.device).type == "cuda"
 
@@ -194,7 +200,7 @@ def timed_run(agent, args) -> tuple[dict, float, int]:
             setattr(*key, fn)
         agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update, make_act, record
     (first, t0), (last, t1) = window["start"], window["end"]
-    return dict(spent), t1 - t0, last - first
+    return dict(spent), t1 - t0, last - first, {}
 
 
 def parts_per_step(spent: dict, seconds: float, steps: int) -> dict:
@@ -216,6 +222,7 @@ def main():
     parser.add_argument("--timers", action="store_true", help="clocks on the loop's parts instead of cProfile")
     parser.add_argument("--emulator-steps", type=int, default=0, help="first time the emulators alone for this many vector steps")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for the run (0: torch's default)")
+    parser.add_argument("--top", type=int, default=15, help="without --timers: print this many functions by own time")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU, a few hundred steps")
     parser.add_argument("--out", default=None)
     opts = parser.parse_args()
@@ -232,17 +239,23 @@ def main():
     args = run_args(agent, opts.agent, opts, device)
     with tempfile.TemporaryDirectory() as tmp:
         run = timed_run if opts.timers else profile_run
-        spent, seconds, steps = run(agent, dataclasses.replace(args, runs_dir=tmp))
+        spent, seconds, steps, details = run(agent, dataclasses.replace(args, runs_dir=tmp))
     parts = parts_per_step(spent, seconds, steps)
     result = {"agent": opts.agent, "env_id": opts.env_id, "num_envs": opts.num_envs, "device":
               torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "method": "timers" if opts.timers else "cProfile",
               "num_experts": args.num_experts, "torch_threads": torch.get_num_threads(), "profiled_steps": steps, "profiled_seconds": seconds,
-              "agent_steps_per_s_profiled": steps / seconds, "us_per_agent_step": parts, "emulator_alone": emulator}
+              "agent_steps_per_s_profiled": steps / seconds, "us_per_agent_step": parts, "emulator_alone": emulator,
+              **details}
     print(f"{opts.agent} on {result['device']}: {steps:,} agent steps profiled, {steps / seconds:.0f} steps/s "
           f"{'with timers' if opts.timers else 'under cProfile'}")
     for part, us in parts.items():
         print(f"  {part:9s} {us:8.1f} us per agent step")
+    if details.get("top_functions"):
+        print("functions by their own time (cProfile's overhead included), us per agent step:")
+        for f in details["top_functions"][:opts.top]:
+            print(f"  {f['own_us_per_agent_step']:8.1f} own {f['cumulative_us_per_agent_step']:9.1f} cumulative "
+                  f"{f['calls_per_agent_step']:7.2f} calls  {f['function']}")
     if opts.out:
         os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
         with open(opts.out, "w") as f:

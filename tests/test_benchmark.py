@@ -133,6 +133,10 @@ def test_profile_loop_quick(tmp_path, timers):
     assert set(parts) == {"emulator", "act", "update", "replay", "other"} | ({"act_wait"} if timers else set())
     assert all(us > 0 for us in parts.values()), parts
     assert sum(parts.values()) == pytest.approx(1e6 * result["profiled_seconds"] / 100)
+    if not timers:  # where "other" goes: the functions by own time, the most first
+        own = [f["own_us_per_agent_step"] for f in result["top_functions"]]
+        assert len(own) == 25 and own == sorted(own, reverse=True) and own[0] > 0
+        assert any("dqn_moe_atari.py" in f["function"] for f in result["top_functions"])
     if timers:
         emulator = result["emulator_alone"]
         assert emulator["vector_steps"] == 30 and 0 < emulator["agent_steps"] <= 60 and emulator["agent_steps_per_s"] > 0

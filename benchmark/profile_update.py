@@ -12,9 +12,10 @@ batch 32) and times it, captured in a CUDA graph, under each variant:
     fused_adam     + Adam(fused=True) instead of the capturable for-each Adam
     nchw           the network in NCHW instead of channels-last
     max_autotune   + torch.compile(mode="max-autotune-no-cudagraphs"): Triton conv/matmul templates
-    one_stream     DQN: the target network's forward after the online one on the same stream, not
-                   beside it on a second stream (SideStream; as before the seventh pass, but still
-                   compiled in pieces); same arithmetic, so the parameters' checksum must match fast's
+    one_stream     the targets (target network, double DQN's pass) after the online forward on the
+                   same stream, not beside it on a second stream (SideStream; as before the seventh
+                   and eighth passes, but still compiled in pieces); same arithmetic, so the
+                   parameters' checksum must match fast's
     relu_unfused   the ReLUs of the residual blocks as their own operations (torch.compile fuses them
                    with what it can), not inside the Triton convolutions (as before the sixth pass)
 

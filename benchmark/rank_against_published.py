@@ -33,6 +33,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 
 import numpy as np
 import scipy.stats
@@ -207,13 +208,12 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples and published draws")
     args = parser.parse_args(argv)
     try:
-        rows, s = rank(args.runs, load_published(args.published))
+        published = load_published(args.published)
+        rows, s = rank(args.runs, published)
         tables = load_tables(default_tables())
-        comparison = compare_aggregates(rows, load_published(args.published), tables, args.reps)
-        counts = {r["game"]: 0 for r in rows}
-        for r in rows:
-            counts[r["game"]] += 1
-        all_runs = compare_all_runs(rows, load_published(args.published), tables, args.reps) if len(set(counts.values())) > 1 else None
+        comparison = compare_aggregates(rows, published, tables, args.reps)
+        runs_per_game = Counter(r["game"] for r in rows).values()
+        all_runs = compare_all_runs(rows, published, tables, args.reps) if len(set(runs_per_game)) > 1 else None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 With one environment the agents step a gymnasium env (AtariPreprocessing over ale-py) in the
 loop's own thread, so that a checkpoint can save its emulator state. This times, on this machine:
 
-  - the emulator alone (gymnasium's env, and ale-py's vector env with one environment),
+  - the emulator alone (gymnasium's env, and ale-py's vector env with one environment, both as
+    the agents build them: `make_env`, `make_vector_env`),
   - a stand-in for the loop's Python work alone (a pure-Python loop of about the same length),
   - both at once: the gymnasium env stepped in a second Python thread while the main thread
     works, and the vector env's C++ thread stepping between `send` and `recv` while it works.
@@ -19,27 +20,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 
-import ale_py
-import gymnasium as gym
 import numpy as np
-from ale_py.vector_env import AtariVectorEnv
 
-gym.register_envs(ale_py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import dqn_moe_atari as agent  # noqa: E402  (its environments, as every agent builds them)
+
+MAX_EPISODE_FRAMES = 108_000
 
 
-def gymnasium_env(game: str):
-    env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0)
-    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, noop_max=0)
+def gymnasium_env(env_id: str):
+    env = agent.make_env(env_id, 0, False, MAX_EPISODE_FRAMES)
     env.reset(seed=0)
     return env
 
 
-def vector_env(game: str) -> AtariVectorEnv:
-    env = AtariVectorEnv(game.lower(), 1, stack_num=1, noop_max=0, use_fire_reset=False, reward_clipping=False,
-                         episodic_life=False, num_threads=1)
+def vector_env(env_id: str):
+    env = agent.make_vector_env(env_id, 1, False, MAX_EPISODE_FRAMES, 1)
     env.reset(seed=0)
     return env
 
@@ -66,7 +66,8 @@ def seconds(fn) -> float:
 
 def measure(game: str, steps: int) -> dict:
     """Microseconds per step of each case."""
-    env, vec = gymnasium_env(game), vector_env(game)
+    env_id = agent.resolve_env_id(game)
+    env, vec = gymnasium_env(env_id), vector_env(env_id)
     action = np.zeros(1, dtype=np.int64)
     gym_alone = seconds(lambda: step_gymnasium(env, steps)) / steps
     vec_alone = seconds(lambda: [vec.step(action) for _ in range(steps)]) / steps

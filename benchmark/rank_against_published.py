@@ -22,8 +22,12 @@ range 95 times in 100; the CIs alone cannot say this, as ours (3 runs a game) is
 theirs (100). Where games have unequal numbers of our runs, the matrices keep the fewest (lowest
 seeds), and a second table uses all of them: the IQM and the optimality gap over the runs pooled,
 the median and the mean over the games' means, against draws of as many published runs per game.
-Prints Markdown; --plot draws each game's runs against the published spread, and
-the percentiles' distribution against the uniform."""
+Last, game by game, an exact rank-sum test of our runs against the published ones, with the
+p-values adjusted over the games (Holm): the pooled tests can miss a game where every seed lands at
+one end, or games that err in opposite directions. And a test of a seed effect: whether some seeds
+score higher on every game (a seed fixes the initial network of all games alike, and in a sweep it
+can stand for the code and machine that ran it). Prints Markdown; --plot draws each game's runs
+against the published spread, and the percentiles' distribution against the uniform."""
 
 from __future__ import annotations
 
@@ -80,6 +84,83 @@ def rank(runs_dirs: list[str], published: dict[str, np.ndarray]) -> tuple[list[d
                "standard_error_if_same": 1 / math.sqrt(12 * len(p)), "ks_statistic": float(test.statistic),
                "ks_p_value": float(test.pvalue)}
     return rows, summary
+
+
+def rank_sum_test(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """Two-sided exact Wilcoxon rank-sum (Mann-Whitney) test of our runs against the published
+    ones of a game: if ours are draws of the same agent, they are a random subset of the pooled runs,
+    and the p-value is the chance that such a subset's rank sum lies as far out. Ties get mid-ranks;
+    the rank sum's null distribution is counted exactly over all subsets (small m: a few seeds)."""
+    pooled = np.concatenate([ours, theirs])
+    doubled = np.rint(2 * scipy.stats.rankdata(pooled)).astype(int)  # mid-ranks x 2: integers
+    m, top = len(ours), int(doubled.sum())
+    ways = np.zeros((m + 1, top + 1))  # ways[j, s]: subsets of j runs whose doubled ranks sum to s
+    ways[0, 0] = 1.0
+    for r in doubled:
+        ways[1:, r:] += ways[:-1, :top + 1 - r].copy()
+    null = ways[m] / ways[m].sum()
+    t = int(doubled[:m].sum())
+    return float(min(1.0, 2 * min(null[:t + 1].sum(), null[t:].sum())))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: an adjusted p below alpha keeps the family-wise error at alpha."""
+    order = np.argsort(p_values)
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - i) * p_values[k]))
+        adjusted[k] = running
+    return adjusted.tolist()
+
+
+def games_that_differ(rows: list[dict], published: dict[str, np.ndarray]) -> list[dict]:
+    """Game by game: our runs' mean percentile, the rank-sum test's p-value against the published
+    runs, and that p-value adjusted over all the games (Holm). The pooled tests above can miss a
+    game where every seed lands at one end, or games that err in opposite directions."""
+    by_game: dict[str, list[dict]] = {}
+    for r in rows:
+        by_game.setdefault(r["game"], []).append(r)
+    out = [{"game": g, "runs": len(v), "mean_percentile": float(np.mean([r["percentile"] for r in v])),
+            "p_value": rank_sum_test(np.array([r["score"] for r in v]), published[table_key(g)])}
+           for g, v in by_game.items()]
+    for row, adjusted in zip(out, holm([row["p_value"] for row in out])):
+        row["holm_p_value"] = adjusted
+    return out
+
+
+def seed_effect(rows: list[dict], reps: int = 2000, seed: int = 0) -> dict | None:
+    """Do some seeds score higher than others on every game? A seed fixes the initial network of
+    every game alike, and in a sweep it can also stand for the code and the machine that ran it.
+    On the games that have every seed that half the games have: the spread (variance) of the
+    seeds' mean percentiles, against `reps` shuffles of the seeds within each game (if the seed
+    does not matter, they are exchangeable). None with fewer than two seeds or games."""
+    seeds_of: dict[str, dict] = {}
+    for r in rows:
+        seeds_of.setdefault(r["game"], {})[r["seed"]] = r["percentile"]
+    counts = Counter(s for seeds in seeds_of.values() for s in seeds)
+    seeds = sorted((s for s, n in counts.items() if 2 * n >= len(seeds_of)), key=lambda s: natural_key(str(s)))
+    games = [g for g, v in seeds_of.items() if all(s in v for s in seeds)]
+    if len(seeds) < 2 or len(games) < 2:
+        return None
+    table = np.array([[seeds_of[g][s] for s in seeds] for g in games])  # games x seeds
+    shuffles = np.argsort(np.random.default_rng(seed).random((reps, *table.shape)), axis=2)
+    spreads = np.take_along_axis(np.broadcast_to(table, shuffles.shape), shuffles, axis=2).mean(axis=1).var(axis=1)
+    observed = table.mean(axis=0).var()
+    return {"seeds": seeds, "games": len(games), "mean_percentile": table.mean(axis=0).tolist(),
+            "p_value": float((1 + np.sum(spreads >= observed - 1e-12)) / (1 + reps))}
+
+
+def print_games_that_differ(per_game: list[dict], effect: dict | None, alpha: float = 0.05) -> None:
+    print(f"\nGame by game: exact rank-sum test of our runs against the published ones, p-values adjusted over "
+          f"the {len(per_game)} games (Holm); * where the adjusted p is below {alpha}\n")
+    print("| game | runs | mean percentile | p | adjusted p |\n|---|---|---|---|---|")
+    for r in sorted(per_game, key=lambda r: r["p_value"]):
+        flag = " *" if r["holm_p_value"] < alpha else ""
+        print(f"| {r['game']} | {r['runs']} | {r['mean_percentile']:.2f} | {r['p_value']:.2g} | {r['holm_p_value']:.2g}{flag} |")
+    if effect is not None:
+        means = ", ".join(f"seed {s} {m:.3f}" for s, m in zip(effect["seeds"], effect["mean_percentile"]))
+        print(f"\nSeeds on the {effect['games']} games that have each of them: mean percentile {means}; "
+              f"a seed effect (seeds shuffled within each game): p = {effect['p_value']:.3g}")
 
 
 def score_matrices(rows: list[dict], published: dict[str, np.ndarray], tables: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -229,6 +310,7 @@ def main(argv=None) -> int:
     print_comparison(comparison)
     if all_runs is not None:
         print_all_runs(all_runs)
+    print_games_that_differ(games_that_differ(rows, published), seed_effect(rows, args.reps))
     if args.plot:
         plot_against_published(rows, tables, s, args.plot)
     if len(names) > 1:

@@ -555,3 +555,55 @@ def test_aggregates_of_all_runs_with_unequal_runs_per_game():
     best = rank_against_published.compare_all_runs(rows_of(lambda g, s: published[aggregate.table_key(g)].max() + 1 + s),
                                                    published, tables, reps=300)
     assert list(best["share_of_draws_below"]) == [1.0, 1.0, 1.0, 0.0]  # the gap: lower is better
+
+
+def test_rank_sum_test_is_exact_with_and_without_ties():
+    """The rank-sum test's p-value is the exact two-sided Mann-Whitney one without ties, the exact
+    permutation one with ties, and 2 / C(n + m, m) when all m of ours lie below all n published."""
+    rng = np.random.default_rng(2)
+    for m in (1, 2, 3):
+        ours, theirs = rng.normal(0.8, 1.0, m), rng.normal(0.0, 1.0, 30)
+        assert rank_against_published.rank_sum_test(ours, theirs) == pytest.approx(
+            scipy.stats.mannwhitneyu(ours, theirs, method="exact").pvalue)
+    ours, theirs = np.array([0.0, 0.0, 21.0]), np.array([0.0, 21.0, 21.0, 22.0, 0.0, 21.0])  # Freeway-like ties
+
+    def rank_sum(x, y):
+        return scipy.stats.rankdata(np.concatenate([x, y]))[:len(x)].sum()
+    exact = scipy.stats.permutation_test((ours, theirs), rank_sum, permutation_type="independent", n_resamples=np.inf)
+    assert rank_against_published.rank_sum_test(ours, theirs) == pytest.approx(exact.pvalue)
+    assert rank_against_published.rank_sum_test(np.array([1.0, 2.0, 3.0]), np.arange(10.0, 110.0)) == pytest.approx(
+        2 / scipy.special.comb(103, 3))
+    assert rank_against_published.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+
+
+def test_games_that_differ_and_seed_effect(capsys):
+    """The game where every run of ours lies below every published run is flagged after Holm's
+    adjustment, games whose runs are published runs are not; seeds that score higher on every game
+    give a small p-value for a seed effect, exchangeable ones a large one, a single seed none."""
+    rng = np.random.default_rng(3)
+    games = ["Pong", "Breakout", "Seaquest", "Alien", "Qbert"]
+    published = {aggregate.table_key(g): rng.normal(100.0, 20.0, 100) for g in games}
+
+    def rows_of(score_of, seeds=(1, 2, 3)):
+        rows = []
+        for g in games:
+            theirs = published[aggregate.table_key(g)]
+            for s in seeds:
+                score = float(score_of(g, s, theirs))
+                rows.append({"game": g, "seed": s, "score": score,
+                             "percentile": rank_against_published.percentile_among(score, theirs)})
+        return rows
+
+    rows = rows_of(lambda g, s, theirs: theirs.min() - s if g == "Qbert" else theirs[10 * s])
+    per_game = {r["game"]: r for r in rank_against_published.games_that_differ(rows, published)}
+    assert per_game["Qbert"]["holm_p_value"] < 0.05 and per_game["Qbert"]["mean_percentile"] == 0.0
+    assert all(per_game[g]["holm_p_value"] > 0.05 for g in games if g != "Qbert")
+    rank_against_published.print_games_that_differ(list(per_game.values()), None)
+    assert "| Qbert | 3 | 0.00 |" in capsys.readouterr().out
+    graded = rows_of(lambda g, s, theirs: np.sort(theirs)[[5, 50, 95][s - 1] + games.index(g)])  # seed 3 best on every game
+    effect = rank_against_published.seed_effect(graded, reps=500)
+    assert effect["seeds"] == [1, 2, 3] and effect["games"] == 5 and effect["p_value"] < 0.02
+    assert effect["mean_percentile"][0] < effect["mean_percentile"][1] < effect["mean_percentile"][2]
+    mixed = rows_of(lambda g, s, theirs: np.sort(theirs)[[5, 50, 95][(s + games.index(g)) % 3]])  # each seed best somewhere
+    assert rank_against_published.seed_effect(mixed, reps=500)["p_value"] > 0.5
+    assert rank_against_published.seed_effect(rows_of(lambda g, s, theirs: theirs[0], seeds=(1,))) is None

@@ -167,6 +167,10 @@ class Args:
     triton_convs: bool = True
     """on CUDA, the Impala encoder's 3x3 convolutions and max-pool in this file's Triton kernels
     (faster than cuDNN at batch 32; the same TF32 arithmetic); --no-triton-convs: cuDNN's"""
+    tf32: bool = True
+    """on CUDA, TF32 matrix units for float32 matmuls and convolutions (products rounded to a
+    10-bit mantissa, sums in float32); --no-tf32: full float32, as on the CPU, slower, and the
+    Triton convolutions (TF32) stay off"""
 
 
 # ============================================================================================
@@ -1247,7 +1251,7 @@ def load_checkpoint(path: str) -> dict:
 
 # Flags that may differ between a run and its resumption; every other one must match.
 RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
-                   "capture_video", "device", "cudagraphs", "compile", "triton_convs", "log_every", "runs_dir",
+                   "capture_video", "device", "cudagraphs", "compile", "triton_convs", "tf32", "log_every", "runs_dir",
                    "exp_name"}
 
 
@@ -1277,20 +1281,20 @@ def check_resume_flags(saved: dict, args) -> None:
 
 
 # ---- block: speed ----
-def configure_backends(device, deterministic: bool, triton_convs: bool = False) -> None:
+def configure_backends(device, deterministic: bool, triton_convs: bool = False, tf32: bool = True) -> None:
     """Deterministic cudnn kernels, or let cudnn time its kernels and keep the fastest (a few %
-    faster on the GPU); TF32 matrix units for float32 matmuls and convolutions on the GPU; the
-    Triton 3x3 convolutions (conv_kernels block) where asked for and available. On the GPU, one
-    host thread for torch: its thread pool would only split the loop's small copies, and its
-    idle threads spin and take the cores that the emulators' threads need (benchmark/RESULTS.md,
-    seventh pass)."""
+    faster on the GPU); TF32 matrix units for float32 matmuls and convolutions on the GPU, or
+    full float32 without `tf32`; the Triton 3x3 convolutions (conv_kernels block, TF32 products)
+    where asked for and available, and only with `tf32`. On the GPU, one host thread for torch:
+    its thread pool would only split the loop's small copies, and its idle threads spin and take
+    the cores that the emulators' threads need (benchmark/RESULTS.md, seventh pass)."""
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
-    CONV_KERNELS["on"] = triton_convs and triton_convs_available(device)
+    CONV_KERNELS["on"] = triton_convs and tf32 and triton_convs_available(device)
     CONV_KERNELS["on_cpu"] = torch.device(device).type == "cpu"  # the interpreter; on CUDA, CPU tensors keep cuDNN
     if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
         torch.set_num_threads(1)
 
 
@@ -1944,7 +1948,7 @@ def main(args: Args) -> str:
     env_id = resolve_env_id(args.env_id)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    configure_backends(device, args.torch_deterministic, args.triton_convs)
+    configure_backends(device, args.torch_deterministic, args.triton_convs, args.tf32)
 
     game = env_id.split("/")[-1].split("-")[0]
     checkpoint = None

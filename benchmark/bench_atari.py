@@ -73,7 +73,7 @@ def update_parts(agent, args, device, memory_format=None, adam=None) -> dict:
     on (online and target networks, Adam, a replay of random frames), built as the training loop
     builds them."""
     torch.manual_seed(0)
-    agent.configure_backends(device, args.torch_deterministic, args.triton_convs)
+    agent.configure_backends(device, args.torch_deterministic, args.triton_convs, args.tf32)
     network = getattr(agent, "RainbowNetwork", None) or agent.QNetwork
     fmt = memory_format or agent.memory_format(device)
     q_net = network(args, 6).to(device, memory_format=fmt)

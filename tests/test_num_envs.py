@@ -42,6 +42,31 @@ def test_a_gpu_run_keeps_one_torch_host_thread():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
 
 
+def test_no_tf32_computes_float32_fully_and_keeps_the_triton_kernels_off(monkeypatch):
+    """--no-tf32 (every agent, resumable) turns TF32 off for matmuls and cuDNN's convolutions on the
+    GPU, and keeps the Triton convolutions off, as their products are TF32; the default keeps both."""
+    import tyro
+    import der_moe_atari100k
+    import drq_moe_atari100k
+    import rainbow_moe_atari
+    for agent in (dqn, rainbow_moe_atari, der_moe_atari100k, drq_moe_atari100k):
+        assert agent.Args().tf32 and not tyro.cli(agent.Args, args=["--no-tf32"]).tf32
+        assert "tf32" in agent.RESUMABLE_FLAGS
+    before = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    saved = dict(dqn.CONV_KERNELS)
+    monkeypatch.setattr(dqn, "triton_convs_available", lambda device: True)  # as on an H100, without one
+    try:
+        dqn.configure_backends("cuda", False, triton_convs=True)  # flags only: no GPU needed
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and dqn.CONV_KERNELS["on"]
+        dqn.configure_backends("cuda", False, triton_convs=True, tf32=False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert not dqn.CONV_KERNELS["on"]
+    finally:
+        dqn.CONV_KERNELS.update(saved)
+        torch.set_num_threads(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
+
+
 def roll(envs, actions):
     """Step every environment with its column of `actions`; return all that came back."""
     out = [(envs.reset(seed=3).copy(), np.zeros(envs.num_envs), np.zeros(envs.num_envs, bool), np.zeros(envs.num_envs, bool))]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -146,6 +147,10 @@ class Args:
     """the support of the return distribution is [-v_max, v_max] (with --num-atoms above 1)"""
     data_augmentation: bool = True
     """DrQ's random shifts (pad 4, crop) and intensity on sampled states and next states"""
+    shift_per: Literal["sample", "batch"] = "sample"
+    """DrQ's random shift: one per sample (the official code from February 2022 on, which the MoE
+    paper's code runs) or one for the whole batch (the official code of 2021, which made the published
+    DrQ(eps) runs of Agarwal et al. 2021); needs --data-augmentation"""
 
     # --- network (section 3, figure 2; appendix D for the filter size) ---
     encoder: Literal["impala", "nature"] = "nature"
@@ -1751,15 +1756,18 @@ max_pool3x3_same.register_autograd(_max_pool_grad, setup_context=_max_pool_setup
 # Data augmentation (DrQ)
 # ============================================================================================
 # ---- block: augmentation ----
-def drq_augment(obs: torch.Tensor, pad: int = 4, intensity_scale: float = 0.05) -> torch.Tensor:
+def drq_augment(obs: torch.Tensor, pad: int = 4, intensity_scale: float = 0.05, shift_per: str = "sample") -> torch.Tensor:
     """DrQ's augmentation as the official Atari 100k agent applies it (Yarats et al. 2021): each
     sample is padded by `pad` pixels repeating its edge and cropped back at a random offset (the
     same for every frame of its stack; offsets 0..2*pad-1 in the padded image, as the official
     `randint` whose upper bound is exclusive), then multiplied by 1 + 0.05 * clip(N(0, 1), -2, 2),
-    one factor per sample. uint8 (B, C, H, W) -> float frames, scaled as `preprocess` scales them."""
+    one factor per sample. uint8 (B, C, H, W) -> float frames, scaled as `preprocess` scales them.
+    `shift_per="batch"` draws one offset for the whole batch instead, as the official code did
+    until February 2022 (Dopamine commit 1bb064b): the code of the published DrQ(eps) runs."""
     b, c, h, w = obs.shape
     dev = obs.device
-    offsets = torch.randint(0, 2 * pad, (b, 2), device=dev) - pad  # shift of the crop, -pad .. pad-1
+    draws = b if shift_per == "sample" else 1
+    offsets = (torch.randint(0, 2 * pad, (draws, 2), device=dev) - pad).expand(b, 2)  # crop shift, -pad .. pad-1
     rows = (torch.arange(h, device=dev) + offsets[:, :1]).clamp(0, h - 1)  # edge padding = clamped index
     cols = (torch.arange(w, device=dev) + offsets[:, 1:]).clamp(0, w - 1)
     shifted = obs[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
@@ -1992,6 +2000,8 @@ def validate_atari100k_args(args: Args) -> None:
         fail(f"--num-envs must be at least 1 (got {args.num_envs})")
     if args.num_envs > 1 and args.capture_video:
         fail("--capture-video records one environment: use it with --num-envs 1")
+    if args.shift_per != "sample" and not args.data_augmentation:
+        fail(f"--shift-per {args.shift_per} sets DrQ's augmentation: use it with --data-augmentation")
 
 
 def crossed(previous: int, step: int, every: int) -> bool:
@@ -2137,7 +2147,8 @@ def main(args: Args) -> str:
                    "provenance": run_provenance(device)}, f, indent=1)
 
     update_step = make_update_step(args, q_net, target_net, optimizer, replay,
-                                   augment=drq_augment if args.data_augmentation else None)
+                                   augment=(functools.partial(drq_augment, shift_per=args.shift_per)
+                                            if args.data_augmentation else None))
     act_input = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, device=device)
     act_step = make_act_step(args, q_net, act_input)
     act_host = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, pin_memory=device.type == "cuda")

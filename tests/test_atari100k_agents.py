@@ -217,6 +217,7 @@ def test_long_schedule_sets_50m_frames(tmp_path):
     (["--env-id", "Breakoutt"], "unknown game"),
     (["--num-envs", "0"], "--num-envs"),
     (["--num-envs", "2", "--capture-video"], "--capture-video"),
+    (["--shift-per", "batch", "--no-data-augmentation"], "--shift-per batch"),
 ])
 def test_bad_flags(tmp_path, flags, needle):
     assert_one_line_error(run("drq_moe_atari100k.py", flags, tmp_path, timeout=60), needle)

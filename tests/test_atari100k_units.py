@@ -95,6 +95,24 @@ def test_augment_offsets_cover_minus4_to_3_never_4():
     assert len(set(zip(dy.tolist(), dx.tolist()))) == 64
 
 
+def test_augment_shift_per_batch_is_one_shift_for_the_whole_batch():
+    """shift_per="batch" (the official code of 2021): every sample and frame of a batch gets the same
+    shift, still the replicate-padded crop, and over many batches every offset -4..3 occurs; the
+    intensity stays one factor per sample."""
+    torch.manual_seed(7)
+    obs = random_obs(24, 1)
+    offsets = recover_offsets(obs, drq.drq_augment(obs, intensity_scale=0.0, shift_per="batch"))
+    assert (offsets == offsets[:1, :1]).all(), "samples of one batch were shifted differently"
+    small = random_obs(4, 2, size=12, channels=2)
+    seen = torch.cat([recover_offsets(small, drq.drq_augment(small, intensity_scale=0.0, shift_per="batch"))[0, 0:1]
+                      for _ in range(300)])
+    for axis in seen.T:
+        assert sorted(set(axis.tolist())) == list(range(-PAD, PAD))
+    constant = torch.full((500, 4, 16, 16), 100, dtype=torch.uint8)
+    factors = (drq.drq_augment(constant, shift_per="batch") / (100 / 255))[:, 0, 0, 0]
+    assert len(set(factors.tolist())) > 450
+
+
 def test_augment_intensity_one_factor_per_sample():
     """A constant input: output / (input / 255) is one factor per sample (all frames and pixels),
     1 + 0.05 clip(N(0, 1), -2, 2): inside [0.9, 1.1], reaching both clip bounds, mean ~1 and

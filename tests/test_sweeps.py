@@ -18,7 +18,7 @@ import tyro
 from agent_runs import ROOT
 
 SWEEPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmark", "fig*.sh"))) + ["atari100k_fidelity.sh"]
-PROBES = ["atari100k_tf32_probe.sh"]  # a few games and seeds, not the paper's lists
+PROBES = ["atari100k_protocol_probe.sh"]  # a few games and seeds, not the paper's lists
 CAPTURED = "--compile --cudagraphs --no-torch-deterministic"
 COMMON = os.path.join(ROOT, "benchmark", "sweep_common.sh")
 
@@ -183,16 +183,17 @@ def test_num_envs_check_compares_only_the_number_of_environments(tmp_path, short
     assert not os.listdir(tmp_path), "a dry run starts nothing"
 
 
-def test_tf32_probe_pairs_the_fidelity_sweeps_runs_with_full_float32_ones(tmp_path):
-    """The TF32 probe: on each game and seed, the fidelity sweep's own DrQ(eps) command (so its runs
-    pool with the sweep's) and the same command with --no-tf32, under another name."""
-    commands = dry_run("atari100k_tf32_probe.sh", tmp_path)
+def test_protocol_probe_is_the_fidelity_sweeps_command_with_one_flag_more(tmp_path):
+    """The probe: on each game and seed, the fidelity sweep's own DrQ(eps) command with
+    --shift-per batch, and with --no-tf32, each under its own name."""
+    commands = dry_run("atari100k_protocol_probe.sh", tmp_path)
     runs = {(flag(t, "--exp-name"), flag(t, "--env-id"), flag(t, "--seed")): t for t in commands}
     assert len(runs) == len(commands) == 16
-    for game in ("Asterix", "BankHeist"):
-        for seed in ("4", "5", "6", "7"):
-            default, fp32 = runs[("drq_none_100k", game, seed)], runs[("drq_none_fp32_100k", game, seed)]
-            assert "--no-tf32" not in default and [t for t in fp32 if t != "--no-tf32"] == [
-                "drq_none_fp32_100k" if t == "drq_none_100k" else t for t in default]
     sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="4 5 6 7", AGENTS="drq", NETWORKS="none", GAMES="Asterix BankHeist")
-    assert sorted(sweep) == sorted(t for t in commands if "--no-tf32" not in t)
+    reference = {(flag(t, "--env-id"), flag(t, "--seed")): t for t in sweep}
+    assert len(reference) == 8
+    for name, extra in (("drq_batchshift_100k", ["--shift-per", "batch"]), ("drq_fp32_100k", ["--no-tf32"])):
+        for (game, seed), base in reference.items():
+            probe = runs[(name, game, seed)]
+            renamed = [name if t == "drq_none_100k" else t for t in base]
+            assert probe[:len(renamed)] == renamed and probe[len(renamed):] == extra

@@ -225,14 +225,16 @@ def emulator_threads(num_envs: int) -> int:
     return min(num_envs, cores)
 
 
-def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int, num_threads: int):
+def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int, num_threads: int,
+                    noop_frames: int = 0):
     """`num_envs` environments in ale-py's threaded C++ vector env with `make_env`'s protocol and
-    frames (pixel for pixel: tests/test_num_envs.py): single frames, no no-op or fire resets,
-    unclipped rewards, no life-loss terminals."""
+    frames (pixel for pixel: tests/test_num_envs.py): single frames, no fire resets, unclipped
+    rewards, no life-loss terminals, and no no-op starts unless `noop_frames`: then each reset
+    takes 0..noop_frames-1 NOOP emulator frames, drawn by ale-py."""
     return AtariVectorEnv(gym.spec(env_id).kwargs["game"], num_envs,
                           repeat_action_probability=0.25 if sticky_actions else 0.0,
-                          max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=0, use_fire_reset=False,
-                          reward_clipping=False, episodic_life=False, num_threads=num_threads)
+                          max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=noop_frames,
+                          use_fire_reset=False, reward_clipping=False, episodic_life=False, num_threads=num_threads)
 
 
 class AtariEnvs:
@@ -281,6 +283,18 @@ class AtariEnvs:
         self.ended = terminated | truncated
         self.lives[:] = info["lives"]
         return frames, reward, terminated, truncated
+
+    def noop_frames(self, count: int) -> Optional[np.ndarray]:
+        """`count` NOOP emulator frames of the one environment (K = 1), not agent steps: the 2021
+        official runner's no-op start, which leaves the observation as it was. Returns None, or the
+        first frame of a new game if the game ended in them."""
+        ale = self.env.unwrapped.ale
+        for _ in range(count):
+            ale.act(ale_py.Action.NOOP)
+        self.lives[0] = ale.lives()
+        if not ale.game_over():
+            return None
+        return self.reset()[0]
 
     def state(self) -> Optional[dict]:
         """The emulator with its RNG (sticky actions); None for K > 1."""

@@ -88,6 +88,10 @@ class Args:
     """a lost life ends the agent's episode (terminal transition, fresh frame stack) while the game goes on"""
     max_noops: int = 30
     """each episode starts with 0..max_noops-1 random NOOP actions (the official 100k runner)"""
+    noop_unit: Literal["step", "frame"] = "step"
+    """the no-ops' unit: agent steps of 4 frames (the current official runner, which the MoE paper's
+    code runs) or single emulator frames, after which the agent sees the game's first screen (the
+    2021 runner that made the published DER and DrQ(eps) runs); frame needs --num-envs 1"""
     max_episode_frames: int = 108_000
     """frames after which an episode is truncated (27,000 agent steps)"""
     num_envs: int = 1
@@ -263,14 +267,16 @@ def emulator_threads(num_envs: int) -> int:
     return min(num_envs, cores)
 
 
-def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int, num_threads: int):
+def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int, num_threads: int,
+                    noop_frames: int = 0):
     """`num_envs` environments in ale-py's threaded C++ vector env with `make_env`'s protocol and
-    frames (pixel for pixel: tests/test_num_envs.py): single frames, no no-op or fire resets,
-    unclipped rewards, no life-loss terminals."""
+    frames (pixel for pixel: tests/test_num_envs.py): single frames, no fire resets, unclipped
+    rewards, no life-loss terminals, and no no-op starts unless `noop_frames`: then each reset
+    takes 0..noop_frames-1 NOOP emulator frames, drawn by ale-py."""
     return AtariVectorEnv(gym.spec(env_id).kwargs["game"], num_envs,
                           repeat_action_probability=0.25 if sticky_actions else 0.0,
-                          max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=0, use_fire_reset=False,
-                          reward_clipping=False, episodic_life=False, num_threads=num_threads)
+                          max_num_frames_per_episode=max_episode_frames, stack_num=1, noop_max=noop_frames,
+                          use_fire_reset=False, reward_clipping=False, episodic_life=False, num_threads=num_threads)
 
 
 class AtariEnvs:
@@ -319,6 +325,18 @@ class AtariEnvs:
         self.ended = terminated | truncated
         self.lives[:] = info["lives"]
         return frames, reward, terminated, truncated
+
+    def noop_frames(self, count: int) -> Optional[np.ndarray]:
+        """`count` NOOP emulator frames of the one environment (K = 1), not agent steps: the 2021
+        official runner's no-op start, which leaves the observation as it was. Returns None, or the
+        first frame of a new game if the game ended in them."""
+        ale = self.env.unwrapped.ale
+        for _ in range(count):
+            ale.act(ale_py.Action.NOOP)
+        self.lives[0] = ale.lives()
+        if not ale.game_over():
+            return None
+        return self.reset()[0]
 
     def state(self) -> Optional[dict]:
         """The emulator with its RNG (sticky actions); None for K > 1."""
@@ -2000,6 +2018,8 @@ def validate_atari100k_args(args: Args) -> None:
         fail(f"--num-envs must be at least 1 (got {args.num_envs})")
     if args.num_envs > 1 and args.capture_video:
         fail("--capture-video records one environment: use it with --num-envs 1")
+    if args.noop_unit == "frame" and args.num_envs > 1:
+        fail("--noop-unit frame takes the no-ops in the one environment's emulator: use it with --num-envs 1")
     if args.shift_per != "sample" and not args.data_augmentation:
         fail(f"--shift-per {args.shift_per} sets DrQ's augmentation: use it with --data-augmentation")
 
@@ -2023,16 +2043,18 @@ def set_eval_noise(q_net: nn.Module, expert_noise: bool) -> None:
 def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
              rng: np.random.Generator) -> tuple[list[float], list[int], int]:
     """`args.eval_episodes` episodes at once, one per environment of `make_vector_env`, with
-    epsilon `args.eval_epsilon`, random no-op starts, and a fresh frame stack after a lost life
+    epsilon `args.eval_epsilon`, random no-op starts (agent steps, or emulator frames that ale-py
+    takes at reset and whose last screen is the first observation), and a fresh frame stack after a lost life
     when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
     Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), and
     the vector steps taken: every environment is stepped until the longest episode ends."""
-    n = args.eval_episodes
-    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, emulator_threads(n))
+    n, in_frames = args.eval_episodes, args.noop_unit == "frame"
+    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, emulator_threads(n),
+                           noop_frames=args.max_noops if in_frames else 0)  # ale-py takes the frames at reset
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
     stacks[:, -1] = obs[:, -1]
-    noops = rng.integers(args.max_noops, size=n) if args.max_noops > 0 else np.zeros(n, dtype=np.int64)
+    noops = rng.integers(args.max_noops, size=n) if args.max_noops > 0 and not in_frames else np.zeros(n, dtype=np.int64)
     lives, returns, done = info["lives"].copy(), np.zeros(n), np.zeros(n, dtype=bool)
     lengths, vector_steps = np.zeros(n, dtype=np.int64), 0
     while not done.all():
@@ -2113,8 +2135,21 @@ def main(args: Args) -> str:
     loss_sum = torch.zeros((), device=device)  # summed on the device, read every --log-every steps
     loss_count, nonfinite = 0, torch.zeros((), dtype=torch.bool, device=device)
 
+    def start_games(restarting: np.ndarray) -> None:
+        """The no-op starts of the environments whose game begins: agent steps that the loop takes
+        (`noops_left`), or with --noop-unit frame emulator frames taken here, the observation left
+        at the game's first screen (the 2021 official runner; one environment)."""
+        counts = noop_starts(int(restarting.sum()))
+        if args.noop_unit == "step":
+            noops_left[restarting] = counts
+        elif restarting[0]:
+            first = envs.noop_frames(int(counts[0]))
+            if first is not None:
+                obs_stacks[0, -1] = first
+
     obs_stacks[:, -1] = envs.reset(seed=args.seed)
-    noops_left = noop_starts(K)  # each environment's no-ops still to take before its episode starts
+    noops_left = np.zeros(K, dtype=np.int64)  # each environment's no-ops still to take before its episode starts
+    start_games(np.ones(K, dtype=bool))
     lives = envs.lives.copy()
     if checkpoint is not None:
         q_net.load_state_dict(checkpoint["q_net"])
@@ -2269,7 +2304,7 @@ def main(args: Args) -> str:
         episode_returns += np.where(acting, rewards, 0.0)
         episode_lengths += acting
         noops_left -= nooping
-        noops_left[restarting] = noop_starts(int(restarting.sum()))
+        start_games(restarting)
         for e in np.flatnonzero(ended & acting):
             iteration_returns.append(float(episode_returns[e]))
             recent_returns.append(float(episode_returns[e]))

@@ -84,15 +84,18 @@ def test_life_loss_ends_the_agents_episode_not_the_game(tmp_path, life_loss):
         assert episodes - 1 <= terminals <= episodes
 
 
-def test_games_start_with_noops_that_are_not_agent_steps(tmp_path, monkeypatch):
-    """Every game starts with 0..max_noops-1 NOOPs of the emulator (4 frames each) before the
-    agent's first step; with one environment they store no replay row and count no agent step.
-    Seen from the replay: the first row of each game is written when the emulator's episode frame
-    number is 4 x the no-ops, and the rows are the agent steps plus a final row per game over."""
+@pytest.mark.parametrize("unit", ["step", "frame"])
+def test_games_start_with_noops_that_are_not_agent_steps(tmp_path, monkeypatch, unit):
+    """Every game starts with 0..max_noops-1 NOOPs of the emulator before the agent's first step:
+    agent steps of 4 frames, or with --noop-unit frame single frames (the 2021 official runner);
+    with one environment they store no replay row and count no agent step. Seen from the replay:
+    the first row of each game is written when the emulator's episode frame number is 4 x the
+    no-ops (or the no-ops), and the rows are the agent steps plus a final row per game over. The
+    evaluation's environments take frame no-ops at reset (ale-py's) and no no-op steps."""
     import drq_moe_atari100k as drq
 
-    envs, first_frames, previous_final = [], [], [True]
-    init, start_rows = drq.AtariEnvs.__init__, drq.FrameReplay.start_rows
+    envs, first_frames, previous_final, eval_noop_frames = [], [], [True], []
+    init, start_rows, make_vector_env = drq.AtariEnvs.__init__, drq.FrameReplay.start_rows, drq.make_vector_env
 
     def recording_init(self, *a, **k):
         init(self, *a, **k)
@@ -104,15 +107,26 @@ def test_games_start_with_noops_that_are_not_agent_steps(tmp_path, monkeypatch):
         previous_final[0] = bool(final[0])
         start_rows(self, frames, final, starts)
 
+    def recording_vector_env(*a, noop_frames=0, **k):
+        eval_noop_frames.append(noop_frames)
+        return make_vector_env(*a, noop_frames=noop_frames, **k)
+
     monkeypatch.setattr(drq.AtariEnvs, "__init__", recording_init)
     monkeypatch.setattr(drq.FrameReplay, "start_rows", recording_start_rows)
+    monkeypatch.setattr(drq, "make_vector_env", recording_vector_env)
     args = drq.Args(env_id="Breakout", device="cpu", runs_dir=str(tmp_path), encoder="impala", impala_channels=(4, 8, 8),
                     expert_hidden=16, num_experts=2, batch_size=8, total_steps=1200, min_replay_history=1200,
-                    iteration_steps=600, eval_episodes=0, max_episode_frames=400, log_every=10**9)
+                    iteration_steps=600, eval_episodes=2, max_episode_frames=400, log_every=10**9, noop_unit=unit)
     drq.main(args)
     games = len(first_frames)
     assert games >= 8  # 100 agent steps at most per game
-    assert all(f % 4 == 0 and f // 4 < 30 for f in first_frames) and len({f // 4 for f in first_frames}) >= 3
+    noops = [f // 4 if unit == "step" else f for f in first_frames]
+    assert all(n < 30 for n in noops) and len(set(noops)) >= 3
+    if unit == "step":
+        assert all(f % 4 == 0 for f in first_frames)
+    else:
+        assert any(f % 4 for f in first_frames)
+    assert eval_noop_frames == [30 if unit == "frame" else 0]
     replay = checkpoint(only_run_dir(tmp_path))["replay"]
     assert replay["added"] == 1200 + int(replay["final"].sum()) and int(replay["final"].sum()) in (games - 1, games)
 
@@ -218,6 +232,7 @@ def test_long_schedule_sets_50m_frames(tmp_path):
     (["--num-envs", "0"], "--num-envs"),
     (["--num-envs", "2", "--capture-video"], "--capture-video"),
     (["--shift-per", "batch", "--no-data-augmentation"], "--shift-per batch"),
+    (["--noop-unit", "frame", "--num-envs", "2"], "--noop-unit frame"),
 ])
 def test_bad_flags(tmp_path, flags, needle):
     assert_one_line_error(run("drq_moe_atari100k.py", flags, tmp_path, timeout=60), needle)

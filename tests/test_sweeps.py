@@ -185,14 +185,15 @@ def test_num_envs_check_compares_only_the_number_of_environments(tmp_path, short
 
 def test_protocol_probe_is_the_fidelity_sweeps_command_with_one_flag_more(tmp_path):
     """The probe: on each game and seed, the fidelity sweep's own DrQ(eps) command with
-    --shift-per batch, and with --no-tf32, each under its own name."""
+    --shift-per batch --noop-unit frame (the 2021 code of the published runs), and with --no-tf32,
+    each under its own name."""
     commands = dry_run("atari100k_protocol_probe.sh", tmp_path)
     runs = {(flag(t, "--exp-name"), flag(t, "--env-id"), flag(t, "--seed")): t for t in commands}
     assert len(runs) == len(commands) == 16
     sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="4 5 6 7", AGENTS="drq", NETWORKS="none", GAMES="Asterix BankHeist")
     reference = {(flag(t, "--env-id"), flag(t, "--seed")): t for t in sweep}
     assert len(reference) == 8
-    for name, extra in (("drq_batchshift_100k", ["--shift-per", "batch"]), ("drq_fp32_100k", ["--no-tf32"])):
+    for name, extra in (("drq_2021_100k", ["--shift-per", "batch", "--noop-unit", "frame"]), ("drq_fp32_100k", ["--no-tf32"])):
         for (game, seed), base in reference.items():
             probe = runs[(name, game, seed)]
             renamed = [name if t == "drq_none_100k" else t for t in base]

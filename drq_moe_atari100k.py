@@ -1774,7 +1774,8 @@ max_pool3x3_same.register_autograd(_max_pool_grad, setup_context=_max_pool_setup
 # Data augmentation (DrQ)
 # ============================================================================================
 # ---- block: augmentation ----
-def drq_augment(obs: torch.Tensor, pad: int = 4, intensity_scale: float = 0.05, shift_per: str = "sample") -> torch.Tensor:
+def drq_augment(obs: torch.Tensor, pad: int = 4, intensity_scale: float = 0.05,
+                shift_per: str = "sample") -> torch.Tensor:
     """DrQ's augmentation as the official Atari 100k agent applies it (Yarats et al. 2021): each
     sample is padded by `pad` pixels repeating its edge and cropped back at a random offset (the
     same for every frame of its stack; offsets 0..2*pad-1 in the padded image, as the official
@@ -2044,8 +2045,8 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
              rng: np.random.Generator) -> tuple[list[float], list[int], int]:
     """`args.eval_episodes` episodes at once, one per environment of `make_vector_env`, with
     epsilon `args.eval_epsilon`, random no-op starts (agent steps, or emulator frames that ale-py
-    takes at reset and whose last screen is the first observation), and a fresh frame stack after a lost life
-    when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
+    takes at reset, whose last screen is the first observation), and a fresh frame stack after a
+    lost life when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
     Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), and
     the vector steps taken: every environment is stepped until the longest episode ends."""
     n, in_frames = args.eval_episodes, args.noop_unit == "frame"

@@ -18,7 +18,7 @@ import tyro
 from agent_runs import ROOT
 
 SWEEPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmark", "fig*.sh"))) + ["atari100k_fidelity.sh"]
-PROBES = ["atari100k_protocol_probe.sh"]  # a few games and seeds, not the paper's lists
+PROBES = ["atari100k_protocol_probe.sh", "dopamine_curves.sh"]  # a few games and seeds, not the paper's lists
 CAPTURED = "--compile --cudagraphs --no-torch-deterministic"
 COMMON = os.path.join(ROOT, "benchmark", "sweep_common.sh")
 
@@ -198,3 +198,22 @@ def test_protocol_probe_is_the_fidelity_sweeps_command_with_one_flag_more(tmp_pa
             probe = runs[(name, game, seed)]
             renamed = [name if t == "drq_none_100k" else t for t in base]
             assert probe[:len(renamed)] == renamed and probe[len(renamed):] == extra
+
+
+def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path):
+    """The longer runs against Dopamine's curves: DQN and Dopamine's Rainbow (no noisy nets, dueling
+    or double DQN), each as the baseline and with Soft MoE-8, 10M frames by default, every game with
+    every seed; NUM_ENVS sets the environments per run."""
+    commands = dry_run("dopamine_curves.sh", tmp_path)
+    by_config = collections.defaultdict(set)
+    for t in commands:
+        by_config[flag(t, "--exp-name")].add((flag(t, "--env-id"), flag(t, "--seed")))
+        assert flag(t, "--total-frames") == "10000000" and flag(t, "--num-envs") == "1"
+        rainbow = t[1] == "rainbow_moe_atari.py"
+        assert all((f in t) == rainbow for f in ("--no-noisy", "--no-dueling", "--no-double"))
+        assert (flag(t, "--moe"), flag(t, "--num-experts") if "--num-experts" in t else None) in (("none", None), ("soft", "8"))
+    assert set(by_config) == {"dqn_none", "dqn_soft_e8", "rainbow_none", "rainbow_soft_e8"}
+    assert all(runs == {(g, s) for g in ("Pong", "Breakout", "Asterix", "Seaquest") for s in ("1", "2")}
+               for runs in by_config.values())
+    fast = dry_run("dopamine_curves.sh", tmp_path, NUM_ENVS="16", FRAMES="2000000", GAMES="Pong", SEEDS="1")
+    assert len(fast) == 4 and all(flag(t, "--num-envs") == "16" and flag(t, "--total-frames") == "2000000" for t in fast)

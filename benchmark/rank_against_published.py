@@ -86,6 +86,14 @@ def rank(runs_dirs: list[str], published: dict[str, np.ndarray]) -> tuple[list[d
     return rows, summary
 
 
+def rows_by_game(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each game, in their order (rows come sorted by game, then seed)."""
+    by_game: dict[str, list[dict]] = {}
+    for r in rows:
+        by_game.setdefault(r["game"], []).append(r)
+    return by_game
+
+
 def rank_sum_test(ours: np.ndarray, theirs: np.ndarray) -> float:
     """Two-sided exact Wilcoxon rank-sum (Mann-Whitney) test of our runs against the published
     ones of a game: if ours are draws of the same agent, they are a random subset of the pooled runs,
@@ -117,12 +125,9 @@ def games_that_differ(rows: list[dict], published: dict[str, np.ndarray]) -> lis
     """Game by game: our runs' mean percentile, the rank-sum test's p-value against the published
     runs, and that p-value adjusted over all the games (Holm). The pooled tests above can miss a
     game where every seed lands at one end, or games that err in opposite directions."""
-    by_game: dict[str, list[dict]] = {}
-    for r in rows:
-        by_game.setdefault(r["game"], []).append(r)
     out = [{"game": g, "runs": len(v), "mean_percentile": float(np.mean([r["percentile"] for r in v])),
             "p_value": rank_sum_test(np.array([r["score"] for r in v]), published[table_key(g)])}
-           for g, v in by_game.items()]
+           for g, v in rows_by_game(rows).items()]
     for row, adjusted in zip(out, holm([row["p_value"] for row in out])):
         row["holm_p_value"] = adjusted
     return out
@@ -166,9 +171,7 @@ def print_games_that_differ(per_game: list[dict], effect: dict | None, alpha: fl
 def score_matrices(rows: list[dict], published: dict[str, np.ndarray], tables: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Human-normalised runs x games matrices, ours and the published runs', on the games of our runs.
     Every game keeps as many of our runs as the game with fewest (lowest seeds, as aggregate.py)."""
-    by_game: dict[str, list[dict]] = {}
-    for r in rows:  # sorted by game, then seed
-        by_game.setdefault(r["game"], []).append(r)
+    by_game = rows_by_game(rows)
     games = list(by_game)
     missing = [g for g in games if tables.get(table_key(g)) is None or None in (tables[table_key(g)].zero, tables[table_key(g)].one)]
     if missing:
@@ -216,9 +219,7 @@ def compare_all_runs(rows: list[dict], published: dict[str, np.ndarray], tables:
     """The aggregates of all our runs, however many each game has, and where they fall among
     `reps` draws of as many published runs per game (without replacement). No bootstrap CI of
     ours: a game with one run has nothing to resample."""
-    by_game: dict[str, list[float]] = {}
-    for r in rows:
-        by_game.setdefault(r["game"], []).append(normalise(r["score"], tables[table_key(r["game"])]))
+    by_game = {g: [normalise(r["score"], tables[table_key(g)]) for r in v] for g, v in rows_by_game(rows).items()}
     games = list(by_game)
     ours = ragged_metrics([np.array(by_game[g]) for g in games])
     theirs = [normalise(published[table_key(g)], tables[table_key(g)]) for g in games]

@@ -176,3 +176,42 @@ def test_emulator_overlap_quick(tmp_path):
     assert all(t > 0 for t in times)
     a, b, both = r["vector_env_alone_us"], r["python_work_alone_us"], r["vector_env_with_work_us"]
     assert r["vector_env_overlap"] == pytest.approx((a + b - both) / min(a, b))
+
+
+def test_soft_moe_routing_probe_measures_pooling():
+    """With Phi = 0 the routing is uniform and the Soft MoE is average pooling: every output token
+    is the experts' mean output on the mean token, the entropies are 1 and the spread is 0. With a
+    large Phi the probe sees the routing move away from that."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import soft_moe_routing as probe
+    torch = probe.torch
+    torch.manual_seed(0)
+    q_net = probe.drq.RainbowNetwork(probe.drq.Args(moe="soft", num_experts=4), 6)
+    moe = q_net.torso.moe
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        moe.router.phi.zero_()
+        tokens = probe.drq.tokenize(q_net.torso.encoder(probe.drq.preprocess(obs)), "conv")
+        out, _ = moe(tokens)
+        expert_out, _ = moe.experts(tokens.mean(dim=1)[:, None, None, :].expand(-1, 4, 1, -1))
+        torch.testing.assert_close(out, expert_out.mean(dim=(1, 2))[:, None, :].expand_as(out))
+    uniform = probe.routing_state(q_net, obs)
+    assert uniform["dispatch_entropy"] == pytest.approx(1.0, abs=1e-6)
+    assert uniform["combine_entropy"] == pytest.approx(1.0, abs=1e-6)
+    assert uniform["output_token_spread"] < 1e-5 and uniform["logit_std_over_tokens"] == 0
+    with torch.no_grad():
+        moe.router.phi.normal_(0, 30.0)
+    routed = probe.routing_state(q_net, obs)
+    assert routed["dispatch_entropy"] < 0.9 and routed["output_token_spread"] > 0.01
+
+
+def test_soft_moe_routing_probe_quick(tmp_path):
+    out = tmp_path / "routing.json"
+    proc = subprocess.run([sys.executable, "benchmark/soft_moe_routing.py", "--frames", "64", "--updates", "4",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert [x["adam_eps"] for x in r["results"]] == [1.5e-4, 1e-8]
+    for x in r["results"]:
+        assert [s["update"] for s in x["states"]] == [0, 1, 2, 3, 4]
+        assert all(0 < s["dispatch_entropy"] <= 1 + 1e-6 for s in x["states"]) and x["grad_rms"]["phi"] > 0

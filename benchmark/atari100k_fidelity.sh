@@ -9,6 +9,10 @@
 #   EXTRA="--compile --cudagraphs --no-torch-deterministic" RUNS_DIR=benchmark/results \
 #     bash benchmark/atari100k_fidelity.sh --runs-per-gpu 12 --mps     # continues the committed sweep
 #   python benchmark/aggregate.py benchmark/results/atari100k_fidelity --baseline drq_none_100k
+# PROTOCOL=2021 runs the same configurations in the 2021 official code's protocol, which made the
+# published runs (RESULTS.md, "The protocol probe"): --noop-unit frame, and for DrQ(eps)
+# --shift-per batch (DER has no augmentation), named with _2021 (drq_2021_100k,
+# drq_soft_e4_2021_100k, ...). The default, current, is the code the MoE paper ran.
 SWEEP=atari100k_fidelity
 SEEDS=${SEEDS:-3}
 RUNS_PER_GPU=${RUNS_PER_GPU:-12}  # with --mps: twelve runs share an H100 (RESULTS.md)
@@ -17,19 +21,30 @@ games=${GAMES:-$GAMES_26}
 AGENTS=${AGENTS:-"drq der"}
 NETWORKS=${NETWORKS:-"none soft top1"}
 EXPERTS=${EXPERTS:-4}
+PROTOCOL=${PROTOCOL:-current}
+case $PROTOCOL in
+  current) protocol_name="" ;;
+  2021) protocol_name="_2021" ;;
+  *) echo "error: PROTOCOL takes current and 2021 (got $PROTOCOL)" >&2; exit 2 ;;
+esac
 
 commands() {
-  local seed agent net name moe_flags game
+  local seed agent net name moe_flags protocol_flags game
   for seed in $(seeds); do
     for agent in $AGENTS; do
+      protocol_flags=""
+      if [[ $PROTOCOL == 2021 ]]; then
+        protocol_flags=" --noop-unit frame"
+        [[ $agent == drq ]] && protocol_flags=" --shift-per batch$protocol_flags"
+      fi
       for net in $NETWORKS; do
         case $net in
-          none) name=${agent}_none_100k moe_flags="--moe none" ;;
-          soft | top1) name=${agent}_${net}_e${EXPERTS}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
+          none) name=${agent}${protocol_name:-_none}_100k moe_flags="--moe none" ;;
+          soft | top1) name=${agent}_${net}_e${EXPERTS}${protocol_name}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
           *) echo "error: NETWORKS takes none, soft and top1 (got $net)" >&2; exit 2 ;;
         esac
         for game in $games; do
-          echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags $EXTRA"
+          echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags$protocol_flags $EXTRA"
         done
       done
     done

@@ -183,21 +183,53 @@ def test_num_envs_check_compares_only_the_number_of_environments(tmp_path, short
     assert not os.listdir(tmp_path), "a dry run starts nothing"
 
 
-def test_protocol_probe_is_the_fidelity_sweeps_command_with_one_flag_more(tmp_path):
-    """The probe: on each game and seed, the fidelity sweep's own DrQ(eps) command with
-    --shift-per batch --noop-unit frame (the 2021 code of the published runs), and with --no-tf32,
-    each under its own name."""
+PROBE_VARIANTS = {"drq_2021_100k": ["--shift-per", "batch", "--noop-unit", "frame"], "drq_fp32_100k": ["--no-tf32"],
+                  "drq_shiftbatch_100k": ["--shift-per", "batch"], "drq_noopframe_100k": ["--noop-unit", "frame"]}
+
+
+def test_protocol_probe_is_the_fidelity_sweeps_command_with_flags_added(tmp_path):
+    """The probe: on each game and seed, the fidelity sweep's own DrQ(eps) command with the 2021
+    code's flags, both halves of them alone, and --no-tf32, each under its own name; the 16 runs
+    committed first (2021 and fp32 on Asterix and BankHeist) keep their commands."""
     commands = dry_run("atari100k_protocol_probe.sh", tmp_path)
     runs = {(flag(t, "--exp-name"), flag(t, "--env-id"), flag(t, "--seed")): t for t in commands}
-    assert len(runs) == len(commands) == 16
-    sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="4 5 6 7", AGENTS="drq", NETWORKS="none", GAMES="Asterix BankHeist")
+    assert len(runs) == len(commands) == 64
+    games = "Asterix BankHeist Assault CrazyClimber"
+    sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="4 5 6 7", AGENTS="drq", NETWORKS="none", GAMES=games)
     reference = {(flag(t, "--env-id"), flag(t, "--seed")): t for t in sweep}
-    assert len(reference) == 8
-    for name, extra in (("drq_2021_100k", ["--shift-per", "batch", "--noop-unit", "frame"]), ("drq_fp32_100k", ["--no-tf32"])):
+    assert len(reference) == 16
+    for name, extra in PROBE_VARIANTS.items():
         for (game, seed), base in reference.items():
             probe = runs[(name, game, seed)]
             renamed = [name if t == "drq_none_100k" else t for t in base]
             assert probe[:len(renamed)] == renamed and probe[len(renamed):] == extra
+    first = dry_run("atari100k_protocol_probe.sh", tmp_path, VARIANTS="2021 fp32", GAMES="Asterix BankHeist", EXTRA=CAPTURED)
+    committed = {json.load(open(p))["command"] for p in glob.glob(
+        os.path.join(ROOT, "benchmark", "results", "atari100k_protocol_probe", "*", "state.json"))}
+    assert len(first) == 16 and {shlex.join(t) for t in first} <= committed
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_protocol_probe.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "VARIANTS": "2022"})
+    assert out.returncode != 0 and "VARIANTS takes 2021, fp32, shiftbatch and noopframe" in out.stderr
+
+
+def test_fidelity_sweep_in_the_2021_protocol(tmp_path):
+    """PROTOCOL=2021: every configuration of the sweep with the 2021 code's flags (DrQ(eps)'s
+    shift per batch, DER has no augmentation to shift) and _2021 in its name; each parses and
+    passes its agent's checks."""
+    current = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES="Pong")
+    old = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES="Pong", PROTOCOL="2021")
+    assert len(old) == len(current) == 6
+    for base, t in zip(current, old):
+        name = flag(base, "--exp-name")
+        new_name = name.replace("_none", "").replace("_100k", "_2021_100k")
+        extra = (["--shift-per", "batch"] if base[1].startswith("drq") else []) + ["--noop-unit", "frame"]
+        assert t == [new_name if x == name else x for x in base] + extra
+        module = load_agent(t[1])
+        module.validate_args(tyro.cli(module.Args, args=t[2:]))
+    assert {flag(t, "--exp-name") for t in old} >= {"drq_2021_100k", "der_2021_100k", "drq_soft_e4_2021_100k"}
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_fidelity.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PROTOCOL": "2022"})
+    assert out.returncode != 0 and "PROTOCOL takes current and 2021" in out.stderr
 
 
 def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path):

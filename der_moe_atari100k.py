@@ -95,6 +95,9 @@ class Args:
     num_envs: int = 1
     """environments stepped together (ale-py's threaded vector env when above 1); --total-steps
     counts the agent steps of all of them and the updates stay per agent step; 1 is the protocol"""
+    emulator_process: bool = False
+    """with --num-envs 1: step the emulator in a child process, beside the loop's other work (the
+    same frames; resume stays exact); off, it steps in the loop's process"""
     total_steps: int = 100_000
     """agent steps of training (100k = 400k frames)"""
     iteration_steps: int = 10_000
@@ -277,75 +280,160 @@ def make_vector_env(env_id: str, num_envs: int, sticky_actions: bool, max_episod
                           use_fire_reset=False, reward_clipping=False, episodic_life=False, num_threads=num_threads)
 
 
+def emulator_call(env, command: str, arg=None):
+    """One call on a `make_env` environment, by name: what `LocalEmulator` runs in the loop's
+    process and `EmulatorProcess` in its child. Lives come back with every result."""
+    ale = env.unwrapped.ale
+    if command == "step":
+        obs, reward, terminated, truncated, info = env.step(arg)
+        return obs, float(reward), bool(terminated), bool(truncated), info["lives"]
+    if command == "reset":
+        obs, info = env.reset(seed=arg)
+        return obs, info["lives"]
+    if command == "noop_frames":  # raw NOOP emulator frames; the observation stays as it was
+        for _ in range(arg):
+            ale.act(ale_py.Action.NOOP)
+        return ale.lives(), ale.game_over()
+    if command == "state":
+        return get_env_state(env)
+    if command == "set_state":
+        set_env_state(env, arg)
+        return ale.lives()
+    if command == "num_actions":
+        return int(env.action_space.n)
+    raise ValueError(f"unknown emulator command {command}")
+
+
+class LocalEmulator:
+    """`make_env`'s environment in the loop's own process: a call `start`s and runs at `finish`."""
+
+    def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
+        self.env = make_env(*env_args, video_dir)
+        self.pending = None
+
+    def start(self, command: str, arg=None) -> None:
+        self.pending = (command, arg)
+
+    def finish(self):
+        return emulator_call(self.env, *self.pending)
+
+    def call(self, command: str, arg=None):
+        self.start(command, arg)
+        return self.finish()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def emulator_process_main(conn, env_args: tuple, video_dir: Optional[str]) -> None:
+    """The child process of `EmulatorProcess`: runs the calls it receives until told to close, or
+    until the parent's end of the pipe goes away."""
+    env = make_env(*env_args, video_dir)
+    try:
+        while True:
+            command, arg = conn.recv()
+            if command == "close":
+                break
+            conn.send(emulator_call(env, command, arg))
+    except EOFError:
+        pass
+    env.close()
+
+
+class EmulatorProcess(LocalEmulator):
+    """`make_env`'s environment in a child process (`--emulator-process`): a step `start`ed before
+    the loop's other work runs beside it, as gymnasium's env holds the GIL for its whole step and
+    a thread could not. The emulator state still comes back for checkpoints, so resume stays exact."""
+
+    def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
+        import multiprocessing
+        context = multiprocessing.get_context("spawn")  # no fork of a process with CUDA and thread pools
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=emulator_process_main, args=(child, env_args, video_dir), daemon=True)
+        self.process.start()
+        child.close()
+
+    def start(self, command: str, arg=None) -> None:
+        self.conn.send((command, arg))
+
+    def finish(self):
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(("close", None))
+        self.process.join(timeout=30)
+
+
 class AtariEnvs:
     """K Atari environments stepped together with `make_env`'s protocol: `send` the actions,
     do other work, `recv` the (K, 84, 84) frames, rewards, terminations and truncations. An
     environment whose episode ended starts the next one at its following call, which ignores
     its action and is not an agent step (ale-py's NEXT_STEP autoreset). K = 1 is a gymnasium env
-    whose emulator state a checkpoint saves (exact resume); K > 1 is ale-py's threaded C++ vector
-    env (`make_vector_env`), stepping while the learner works, with no emulator state to save."""
+    whose emulator state a checkpoint saves (exact resume), stepped at `recv` in the loop's
+    process, or from `send` on in a child process (`emulator_process`); K > 1 is ale-py's threaded
+    C++ vector env (`make_vector_env`), stepping while the learner works, with no emulator state
+    to save."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, sticky_actions: bool, max_episode_frames: int,
-                 video_dir: Optional[str] = None):
+                 video_dir: Optional[str] = None, emulator_process: bool = False):
         self.num_envs = num_envs
         if num_envs == 1:
-            self.env = make_env(env_id, seed, sticky_actions, max_episode_frames, video_dir)
-            self.num_actions = int(self.env.action_space.n)
+            emulator = EmulatorProcess if emulator_process else LocalEmulator
+            self.env = emulator((env_id, seed, sticky_actions, max_episode_frames), video_dir)
+            self.num_actions = self.env.call("num_actions")
         else:
             self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, emulator_threads(num_envs))
             self.num_actions = int(self.env.single_action_space.n)
         self.ended = np.zeros(num_envs, dtype=bool)  # the last step ended the episode: the next call restarts
         self.lives = np.zeros(num_envs, dtype=np.int64)  # each game's lives after the last call
-        self.action = 0
 
     def reset(self, seed: Optional[int] = None) -> np.ndarray:
         self.ended[:] = False
+        if self.num_envs == 1:
+            obs, self.lives[0] = self.env.call("reset", seed)
+            return obs[None]
         obs, info = self.env.reset(seed=seed)
         self.lives[:] = info["lives"]
-        return obs[None] if self.num_envs == 1 else obs[:, -1]
+        return obs[:, -1]
 
     def send(self, actions: np.ndarray) -> None:
-        if self.num_envs == 1:
-            self.action = int(actions[0])
-        else:
+        if self.num_envs > 1:
             self.env.send(actions)
+        elif self.ended[0]:
+            self.env.start("reset")
+        else:
+            self.env.start("step", int(actions[0]))
 
     def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self.num_envs > 1:
             obs, reward, terminated, truncated, info = self.env.recv()
-            frames, reward = obs[:, -1], reward.astype(np.float64)
+            frames, reward, lives = obs[:, -1], reward.astype(np.float64), info["lives"]
         elif self.ended[0]:
-            obs, info = self.env.reset()
+            obs, lives = self.env.finish()
             frames, reward, terminated, truncated = obs[None], np.zeros(1), np.zeros(1, bool), np.zeros(1, bool)
         else:
-            obs, r, term, trunc, info = self.env.step(self.action)
-            frames, reward, terminated, truncated = obs[None], np.array([float(r)]), np.array([term]), np.array([trunc])
+            obs, r, term, trunc, lives = self.env.finish()
+            frames, reward, terminated, truncated = obs[None], np.array([r]), np.array([term]), np.array([trunc])
         self.ended = terminated | truncated
-        self.lives[:] = info["lives"]
+        self.lives[:] = lives
         return frames, reward, terminated, truncated
 
     def noop_frames(self, count: int) -> Optional[np.ndarray]:
         """`count` NOOP emulator frames of the one environment (K = 1), not agent steps: the 2021
         official runner's no-op start, which leaves the observation as it was. Returns None, or the
         first frame of a new game if the game ended in them."""
-        ale = self.env.unwrapped.ale
-        for _ in range(count):
-            ale.act(ale_py.Action.NOOP)
-        self.lives[0] = ale.lives()
-        if not ale.game_over():
-            return None
-        return self.reset()[0]
+        self.lives[0], game_over = self.env.call("noop_frames", count)
+        return self.reset()[0] if game_over else None
 
     def state(self) -> Optional[dict]:
         """The emulator with its RNG (sticky actions); None for K > 1."""
         if self.num_envs > 1:
             return None
-        return {**get_env_state(self.env), "ended": bool(self.ended[0])}
+        return {**self.env.call("state"), "ended": bool(self.ended[0])}
 
     def set_state(self, state: dict) -> None:
-        set_env_state(self.env, state)
+        self.lives[0] = self.env.call("set_state", state)
         self.ended[0] = state["ended"]
-        self.lives[0] = self.env.unwrapped.ale.lives()
 
     def close(self) -> None:
         self.env.close()
@@ -1297,7 +1385,7 @@ def load_checkpoint(path: str) -> dict:
 # Flags that may differ between a run and its resumption; every other one must match.
 RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
                    "capture_video", "device", "cudagraphs", "compile", "triton_convs", "tf32", "log_every", "runs_dir",
-                   "exp_name"}
+                   "exp_name", "emulator_process"}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
@@ -2017,6 +2105,9 @@ def validate_atari100k_args(args: Args) -> None:
         fail(f"--num-envs must be at least 1 (got {args.num_envs})")
     if args.num_envs > 1 and args.capture_video:
         fail("--capture-video records one environment: use it with --num-envs 1")
+    if args.num_envs > 1 and args.emulator_process:
+        fail("--emulator-process moves the one environment's emulator: with --num-envs above 1 they already step in "
+             "ale-py's threads")
     if args.noop_unit == "frame" and args.num_envs > 1:
         fail("--noop-unit frame takes the no-ops in the one environment's emulator: use it with --num-envs 1")
     if args.shift_per != "sample" and not args.data_augmentation:
@@ -2103,7 +2194,7 @@ def main(args: Args) -> str:
     explore_rng = np.random.default_rng(args.seed)  # epsilon-greedy and no-op starts of training
 
     envs = AtariEnvs(env_id, args.num_envs, args.seed, args.sticky_actions, args.max_episode_frames,
-                     os.path.join(run_dir, "videos") if args.capture_video else None)
+                     os.path.join(run_dir, "videos") if args.capture_video else None, args.emulator_process)
     num_actions, K = envs.num_actions, args.num_envs
     q_net = RainbowNetwork(args, num_actions).to(device, memory_format=memory_format(device))
     # a target synced at every step holds the weights the online network has when it is read

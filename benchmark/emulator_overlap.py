@@ -7,7 +7,9 @@ loop's own thread, so that a checkpoint can save its emulator state. This times,
     the agents build them: `make_env`, `make_vector_env`),
   - a stand-in for the loop's Python work alone (a pure-Python loop of about the same length),
   - both at once: the gymnasium env stepped in a second Python thread while the main thread
-    works, and the vector env's C++ thread stepping between `send` and `recv` while it works.
+    works, the vector env's C++ thread stepping between `send` and `recv` while it works, and
+    the gymnasium env in a child process (the agents' `--emulator-process`, `AtariEnvs`) stepping
+    between `send` and `recv`.
 
 If a thread's emulator step held the GIL throughout, "both" would take the sum of the two; if
 it released it, their maximum. Needs a free core for the second thread.
@@ -89,16 +91,30 @@ def measure(game: str, steps: int) -> dict:
             python_work(iterations)
             vec.recv()
 
+    def child_between_send_and_recv(work: bool):
+        for _ in range(steps):
+            child.send(action)
+            if work:
+                python_work(iterations)
+            child.recv()
+
     gym_both = seconds(gym_in_thread) / steps
     vec_both = seconds(vec_between_send_and_recv) / steps
+    child = agent.AtariEnvs(env_id, 1, 0, False, MAX_EPISODE_FRAMES, emulator_process=True)
+    child.reset(seed=0)
+    child_alone = seconds(lambda: child_between_send_and_recv(False)) / steps
+    child_both = seconds(lambda: child_between_send_and_recv(True)) / steps
+    child.close()
     env.close()
     vec.close()
     us = 1e6
     return {"game": game, "steps": steps, "cpu_count": os.cpu_count(),
             "gymnasium_alone_us": gym_alone * us, "vector_env_alone_us": vec_alone * us, "python_work_alone_us": work_alone * us,
             "gymnasium_thread_with_work_us": gym_both * us, "vector_env_with_work_us": vec_both * us,
+            "emulator_process_alone_us": child_alone * us, "emulator_process_with_work_us": child_both * us,
             "gymnasium_overlap": overlap(gym_alone, work_alone, gym_both),
-            "vector_env_overlap": overlap(vec_alone, work_alone, vec_both)}
+            "vector_env_overlap": overlap(vec_alone, work_alone, vec_both),
+            "emulator_process_overlap": overlap(child_alone, work_alone, child_both)}
 
 
 def overlap(a: float, b: float, both: float) -> float:
@@ -119,6 +135,8 @@ def main(argv=None) -> dict:
     print(f"  gymnasium env in a thread + work: {result['gymnasium_thread_with_work_us']:.0f} "
           f"(overlap {result['gymnasium_overlap']:.2f})")
     print(f"  vector env send, work, recv: {result['vector_env_with_work_us']:.0f} (overlap {result['vector_env_overlap']:.2f})")
+    print(f"  gymnasium env in a child process alone {result['emulator_process_alone_us']:.0f}; send, work, recv: "
+          f"{result['emulator_process_with_work_us']:.0f} (overlap {result['emulator_process_overlap']:.2f})")
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump(result, f, indent=1)

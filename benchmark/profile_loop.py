@@ -22,6 +22,7 @@ steps: the ceiling of the loop with K environments.
 
     python benchmark/profile_loop.py --agent drq --steps 10000 --out benchmark/results/loop_profile_drq.json
     python benchmark/profile_loop.py --agent dqn --num-envs 16 --steps 20000 --timers --emulator-steps 2000
+    python benchmark/profile_loop.py --agent dqn --num-envs 1 --timers --emulator-process --emulator-steps 2000
     python benchmark/profile_loop.py --agent drq --quick     # CPU smoke: tiny network, a few hundred steps
 """
 
@@ -50,7 +51,8 @@ from perf import AGENTS  # noqa: E402
 def emulator_alone(agent, opts) -> dict:
     """Agent steps/s of the agent's environments (AtariEnvs) stepped with random actions and
     nothing else: the most the loop can reach."""
-    envs = agent.AtariEnvs(agent.resolve_env_id(opts.env_id), opts.num_envs, 0, True, 108_000)
+    envs = agent.AtariEnvs(agent.resolve_env_id(opts.env_id), opts.num_envs, 0, True, 108_000,
+                           emulator_process=opts.emulator_process)
     rng = np.random.default_rng(0)
     envs.reset(seed=0)
     for _ in range(20):
@@ -74,7 +76,8 @@ PARTS = ("emulator", "act_wait", "act", "update", "replay")  # act_wait: --timer
 def loop_parts(agent_file: str) -> dict:
     """part: (file name ending, function name) of the functions whose cumulative time it sums."""
     return {
-        "emulator": [("atari_preprocessing.py", "step"), ("vector_env.py", "recv")],
+        "emulator": [("atari_preprocessing.py", "step"), ("vector_env.py", "recv"),
+                     ("connection.py", "recv")],  # the last: the wait for --emulator-process's child
         "act": [("profile_loop.py", "act_step"), (agent_file, "fetch")],
         "update": [("profile_loop.py", "update_step")],
         "replay": [(agent_file, name) for name in ("start_rows", "finish_rows", "flush")],
@@ -87,7 +90,8 @@ def run_args(agent, name: str, opts, device: str):
     fast = dict(compile=True, cudagraphs=True, torch_deterministic=False) if device == "cuda" else {}
     tiny = dict(encoder="impala", impala_channels=(4, 8, 8), expert_hidden=16, batch_size=8) if opts.quick else {}
     experts = dict(num_experts=opts.num_experts) if opts.num_experts else {}
-    common = dict(env_id=opts.env_id, device=device, log_every=10**9, iteration_steps=opts.warmup, **fast, **tiny, **experts)
+    common = dict(env_id=opts.env_id, device=device, log_every=10**9, iteration_steps=opts.warmup,
+                  emulator_process=opts.emulator_process, **fast, **tiny, **experts)
     total = opts.warmup + opts.steps
     if name in ("der", "drq"):
         return agent.Args(**common, total_steps=total, eval_episodes=0, min_replay_history=min(1600, opts.warmup // 2),
@@ -217,6 +221,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10_000, help="agent steps profiled, after the first iteration")
     parser.add_argument("--warmup", type=int, default=10_000, help="agent steps of the first iteration (not profiled)")
     parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--emulator-process", action="store_true",
+                        help="with --num-envs 1: the agents' --emulator-process (the emulator in a child process)")
     parser.add_argument("--num-experts", type=int, default=0, help="Soft MoE experts (0: the agent's default)")
     parser.add_argument("--buffer-size", type=int, default=1_000_000, help="DQN and Rainbow only")
     parser.add_argument("--timers", action="store_true", help="clocks on the loop's parts instead of cProfile")
@@ -241,7 +247,8 @@ def main():
         run = timed_run if opts.timers else profile_run
         spent, seconds, steps, details = run(agent, dataclasses.replace(args, runs_dir=tmp))
     parts = parts_per_step(spent, seconds, steps)
-    result = {"agent": opts.agent, "env_id": opts.env_id, "num_envs": opts.num_envs, "device":
+    result = {"agent": opts.agent, "env_id": opts.env_id, "num_envs": opts.num_envs,
+              "emulator_process": opts.emulator_process, "device":
               torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "method": "timers" if opts.timers else "cProfile",
               "num_experts": args.num_experts, "torch_threads": torch.get_num_threads(), "profiled_steps": steps, "profiled_seconds": seconds,

@@ -117,14 +117,16 @@ def test_perf_quick_atari100k_agents(tmp_path):
     assert all(r["update_ms_median"] > 0 and r["params"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("timers", [False, True])
-def test_profile_loop_quick(tmp_path, timers):
+@pytest.mark.parametrize("timers, emulator_process", [(False, False), (True, False), (True, True)])
+def test_profile_loop_quick(tmp_path, timers, emulator_process):
     """profile_loop.py measures the loop after its first iteration (cProfile, or clocks with
     --timers) and splits each agent step's host time into its parts; the parts are measured and
-    leave time for the rest of the loop. --emulator-steps times the environments alone."""
+    leave time for the rest of the loop. --emulator-steps times the environments alone, and
+    --emulator-process runs one environment in a child process."""
     out = tmp_path / "loop.json"
     flags = ["--timers", "--emulator-steps", "30"] if timers else []
-    proc = subprocess.run([sys.executable, "benchmark/profile_loop.py", "--agent", "dqn", "--num-envs", "2", "--quick",
+    envs = ["--num-envs", "1", "--emulator-process"] if emulator_process else ["--num-envs", "2"]
+    proc = subprocess.run([sys.executable, "benchmark/profile_loop.py", "--agent", "dqn", *envs, "--quick",
                            *flags, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -139,7 +141,8 @@ def test_profile_loop_quick(tmp_path, timers):
         assert any("dqn_moe_atari.py" in f["function"] for f in result["top_functions"])
     if timers:
         emulator = result["emulator_alone"]
-        assert emulator["vector_steps"] == 30 and 0 < emulator["agent_steps"] <= 60 and emulator["agent_steps_per_s"] > 0
+        k = 1 if emulator_process else 2
+        assert emulator["vector_steps"] == 30 and 0 < emulator["agent_steps"] <= 30 * k and emulator["agent_steps_per_s"] > 0
 
 
 
@@ -172,10 +175,12 @@ def test_emulator_overlap_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     times = [r[k] for k in ("gymnasium_alone_us", "vector_env_alone_us", "python_work_alone_us",
-                            "gymnasium_thread_with_work_us", "vector_env_with_work_us")]
+                            "gymnasium_thread_with_work_us", "vector_env_with_work_us", "emulator_process_alone_us",
+                            "emulator_process_with_work_us")]
     assert all(t > 0 for t in times)
-    a, b, both = r["vector_env_alone_us"], r["python_work_alone_us"], r["vector_env_with_work_us"]
-    assert r["vector_env_overlap"] == pytest.approx((a + b - both) / min(a, b))
+    for case in ("vector_env", "emulator_process"):
+        a, b, both = r[f"{case}_alone_us"], r["python_work_alone_us"], r[f"{case}_with_work_us"]
+        assert r[f"{case}_overlap"] == pytest.approx((a + b - both) / min(a, b))
 
 
 def test_soft_moe_routing_probe_measures_pooling():

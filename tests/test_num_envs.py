@@ -117,6 +117,30 @@ def test_single_env_state_restores_the_emulator():
     assert dqn.AtariEnvs("ALE/Pong-v5", 2, 0, True, 108_000).state() is None
 
 
+def test_emulator_process_gives_the_local_emulators_frames_and_states():
+    """--emulator-process: the one environment stepped in a child process gives the frames,
+    rewards, episode ends and lives of the same environment stepped in the loop's process, with
+    sticky actions drawn from the same seed, restarts and NOOP frames included; its state
+    restores into a local emulator and back, so a checkpoint moves between the two."""
+    actions = np.random.default_rng(1).integers(4, size=(90, 1))
+    local = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, True, 160)
+    child = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, True, 160, emulator_process=True)
+    assert isinstance(child.env, dqn.EmulatorProcess) and child.num_actions == local.num_actions == 4
+    for a, b in zip(roll(local, actions), roll(child, actions)):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        assert np.array_equal(local.lives, child.lives) and np.array_equal(local.ended, child.ended)
+    assert local.noop_frames(7) is None and child.noop_frames(7) is None
+    for source, target in ((child, local), (local, child)):  # child -> local, then local -> child
+        target.set_state(source.state())
+        for a in actions[:30]:
+            source.send(a)
+            target.send(a)
+            assert all(np.array_equal(x, y) for x, y in zip(source.recv(), target.recv()))
+    child.close()
+    local.close()
+    assert not child.env.process.is_alive()
+
+
 # ---- the replay ------------------------------------------------------------------------------
 def random_streams(k, vector_steps, seed):
     """K streams of rows as the agents write them: step rows, and a final row on the call after
@@ -336,6 +360,7 @@ def test_updates_during_a_step_read_no_outcome_of_it(tmp_path, monkeypatch, modu
 
 
 @pytest.mark.parametrize("flags, needle", [(["--num-envs", "0"], "--num-envs"),
-                                           (["--num-envs", "2", "--capture-video"], "--capture-video")])
+                                           (["--num-envs", "2", "--capture-video"], "--capture-video"),
+                                           (["--num-envs", "2", "--emulator-process"], "--emulator-process")])
 def test_bad_num_envs(tmp_path, flags, needle):
     assert_one_line_error(run_script("dqn_moe_atari.py", [*TINY, *flags], tmp_path), needle)

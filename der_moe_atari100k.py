@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
@@ -346,7 +347,6 @@ class EmulatorProcess(LocalEmulator):
     a thread could not. The emulator state still comes back for checkpoints, so resume stays exact."""
 
     def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
-        import multiprocessing
         context = multiprocessing.get_context("spawn")  # no fork of a process with CUDA and thread pools
         self.conn, child = context.Pipe()
         self.process = context.Process(target=emulator_process_main, args=(child, env_args, video_dir), daemon=True)

@@ -103,7 +103,7 @@ def test_games_start_with_noops_that_are_not_agent_steps(tmp_path, monkeypatch, 
 
     def recording_start_rows(self, frames, final, starts=None):
         if previous_final[0] and not final[0]:  # the first agent step of a game
-            first_frames.append(envs[0].env.unwrapped.ale.getEpisodeFrameNumber())
+            first_frames.append(envs[0].env.env.unwrapped.ale.getEpisodeFrameNumber())
         previous_final[0] = bool(final[0])
         start_rows(self, frames, final, starts)
 

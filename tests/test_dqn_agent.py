@@ -59,19 +59,27 @@ def test_other_flags_run(tmp_path):
     assert "dropped_tokens" in rec and "router_entropy" in rec
 
 
+RESUMED = [*TINY, "--total-frames", "2000", "--checkpoint-every", "150"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("whole")
+    whole = run(RESUMED, runs)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return only_run_dir(runs)
+
+
 @pytest.mark.parametrize("emulator", [[], ["--emulator-process"]])
-def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, emulator):
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, uninterrupted_run, emulator):
     """Kill a run (SIGKILL) at some moment after its first checkpoint; resuming it gives exactly
     the networks, optimiser, replay and scores of the run that was never interrupted. With
     --emulator-process the killed and the resumed run step their emulator in a child process,
     and still equal the run that stepped it in its own."""
-    flags = [*TINY, "--total-frames", "2000", "--checkpoint-every", "150"]
-    whole = run(flags, tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    killed_dir = kill_after_first_checkpoint(SCRIPT, [*flags, *emulator], tmp_path / "killed", latest_step=500)
-    resumed = run([*flags, *emulator, "--resume", killed_dir], tmp_path / "unused")
+    killed_dir = kill_after_first_checkpoint(SCRIPT, [*RESUMED, *emulator], tmp_path / "killed", latest_step=500)
+    resumed = run([*RESUMED, *emulator, "--resume", killed_dir], tmp_path / "unused")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir,
+    assert_same_run(uninterrupted_run, killed_dir,
                     ("frames", "actions", "rewards", "terminated", "final", "ep_pos"))
 
 

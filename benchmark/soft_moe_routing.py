@@ -92,10 +92,10 @@ def rms(t: torch.Tensor) -> float:
 
 
 def train(data: dict, adam_eps: float, updates: int, seed: int, batch_size: int, lr: float, gamma: float,
-          normalize: bool = False) -> dict:
+          normalize: bool = False, encoder: str = "nature") -> dict:
     """A fresh Soft MoE-4 DrQ(eps) network, `updates` Adam steps of the TD loss on random batches."""
     torch.manual_seed(seed)
-    args = drq.Args(moe="soft", num_experts=4, normalize=normalize)
+    args = drq.Args(moe="soft", num_experts=4, normalize=normalize, encoder=encoder)
     q_net = drq.RainbowNetwork(args, data["num_actions"])
     phi = q_net.torso.moe.router.phi
     optimizer = torch.optim.Adam(q_net.parameters(), lr=lr, eps=adam_eps)
@@ -128,6 +128,8 @@ def main() -> None:
                         help="Adam epsilons to compare (DrQ(eps)'s first)")
     parser.add_argument("--normalize", action="store_true",
                         help="the router's l2 normalisation with a learned scale (the agents' --normalize)")
+    parser.add_argument("--encoder", choices=["nature", "impala"], default="nature",
+                        help="DrQ(eps)'s Nature CNN, or the Impala ResNet of the paper's figures 12 and 16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file of the measurements")
     opts = parser.parse_args()
@@ -135,9 +137,9 @@ def main() -> None:
     data = random_play(opts.game, opts.frames, opts.seed)
     defaults = drq.Args()
     results = [train(data, eps, opts.updates, opts.seed, defaults.batch_size, defaults.learning_rate, defaults.gamma,
-                     opts.normalize) for eps in opts.adam_eps]
+                     opts.normalize, opts.encoder) for eps in opts.adam_eps]
     print(f"{opts.game}: {opts.frames} frames of random play, {opts.updates} Adam steps (lr {defaults.learning_rate}), "
-          "Soft MoE-4 on the Nature CNN's PerConv tokens" + (", l2-normalised routing" if opts.normalize else ""))
+          f"Soft MoE-4 on the {opts.encoder} encoder's PerConv tokens" + (", l2-normalised routing" if opts.normalize else ""))
     print("| Adam eps | update | dispatch entropy | combine entropy | logit std over tokens | output token spread |")
     print("|---|---|---|---|---|---|")
     for r in results:
@@ -151,7 +153,7 @@ def main() -> None:
         print(f"| {r['adam_eps']:g} | {g['phi']:.2e} | {g['experts']:.2e} | {g['head']:.2e} "
               f"| {r['phi_rms_start']:.4f} | {r['phi_rms_change']:.2e} |")
     record = {"game": opts.game, "frames": opts.frames, "updates": opts.updates, "seed": opts.seed,
-              "normalize": opts.normalize,
+              "normalize": opts.normalize, "encoder": opts.encoder,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "seconds": round(time.time() - started, 1), "results": results}
     print(f"\n{record['seconds']} s")

@@ -110,16 +110,13 @@ def official_measurements(networks, data: dict, batches: list, seed: int, gamma:
 
 
 def our_measurements(data: dict, batches: list, seed: int, gamma: float) -> dict:
-    torch.manual_seed(seed)
-    q_net = drq.RainbowNetwork(drq.Args(moe="soft", num_experts=4), data["num_actions"])
+    q_net = ours.soft_moe_network(data["num_actions"], seed)
     state = ours.routing_state(q_net, data["obs"][batches[0]])
     grads = collections.defaultdict(list)
     for idx in batches:
-        q_net.zero_grad()
-        ours.td_loss(q_net, {k: v[idx] for k, v in data.items() if k != "num_actions"}, gamma).backward()
-        grads["phi"].append(ours.rms(q_net.torso.moe.router.phi.grad))
-        grads["experts"].append(ours.rms(torch.cat([p.grad.flatten() for p in q_net.torso.moe.experts.parameters()])))
-        grads["head"].append(ours.rms(q_net.advantage.weight.grad))
+        batch = {k: v[idx] for k, v in data.items() if k != "num_actions"}
+        for part, value in ours.td_gradient_rms(q_net, batch, gamma).items():
+            grads[part].append(value)
     return {**{k: state[k] for k in ("dispatch_entropy", "combine_entropy", "logit_std_over_tokens", "token_norm")},
             "phi_std": q_net.torso.moe.router.phi.std().item(),
             "grad_rms": {k: float(np.median(v)) for k, v in grads.items()},

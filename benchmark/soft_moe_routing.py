@@ -91,12 +91,25 @@ def rms(t: torch.Tensor) -> float:
     return t.pow(2).mean().sqrt().item()
 
 
+def soft_moe_network(num_actions: int, seed: int, **args):
+    """DrQ(eps)'s network with Soft MoE-4, initialised from `seed`; `args` go to the agent's Args."""
+    torch.manual_seed(seed)
+    return drq.RainbowNetwork(drq.Args(moe="soft", num_experts=4, **args), num_actions)
+
+
+def td_gradient_rms(q_net, batch: dict, gamma: float) -> dict:
+    """Backpropagates the TD loss of `batch` (the gradients stay for a step) and returns the
+    gradient RMS of Phi, of the experts and of the advantage head."""
+    q_net.zero_grad()
+    td_loss(q_net, batch, gamma).backward()
+    experts = torch.cat([p.grad.flatten() for p in q_net.torso.moe.experts.parameters()])
+    return {"phi": rms(q_net.torso.moe.router.phi.grad), "experts": rms(experts), "head": rms(q_net.advantage.weight.grad)}
+
+
 def train(data: dict, adam_eps: float, updates: int, seed: int, batch_size: int, lr: float, gamma: float,
           normalize: bool = False, encoder: str = "nature") -> dict:
     """A fresh Soft MoE-4 DrQ(eps) network, `updates` Adam steps of the TD loss on random batches."""
-    torch.manual_seed(seed)
-    args = drq.Args(moe="soft", num_experts=4, normalize=normalize, encoder=encoder)
-    q_net = drq.RainbowNetwork(args, data["num_actions"])
+    q_net = soft_moe_network(data["num_actions"], seed, normalize=normalize, encoder=encoder)
     phi = q_net.torso.moe.router.phi
     optimizer = torch.optim.Adam(q_net.parameters(), lr=lr, eps=adam_eps)
     probe = data["obs"][torch.randperm(len(data["obs"]), generator=torch.Generator().manual_seed(seed))[:64]]
@@ -106,11 +119,8 @@ def train(data: dict, adam_eps: float, updates: int, seed: int, batch_size: int,
     for step in range(1, updates + 1):
         idx = torch.randint(len(data["obs"]), (batch_size,), generator=gen)
         batch = {k: v[idx] for k, v in data.items() if k != "num_actions"}
-        optimizer.zero_grad()
-        td_loss(q_net, batch, gamma).backward()
-        grads["phi"].append(rms(phi.grad))
-        grads["experts"].append(rms(torch.cat([p.grad.flatten() for p in q_net.torso.moe.experts.parameters()])))
-        grads["head"].append(rms(q_net.advantage.weight.grad))
+        for part, value in td_gradient_rms(q_net, batch, gamma).items():
+            grads[part].append(value)
         optimizer.step()
         if step % max(1, updates // 4) == 0 or step == updates:
             rows.append({"update": step, **routing_state(q_net, probe)})

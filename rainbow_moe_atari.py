@@ -661,10 +661,15 @@ class SoftRouter(nn.Module):
         return torch.bmm(x, phi)
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def soft_moe_weights(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch D: softmax over the tokens (dim 1) of each slot; combine C: softmax over all
-    E * p slots (dim 2) of each token. Both (B, m, E * p). In float32 whatever the autocast."""
-    logits = logits.float()
+    E * p slots (dim 2) of each token. Both (B, m, E * p). In float32 whatever the autocast
+    (float64 stays float64)."""
+    logits = at_least_float32(logits)
     return logits.softmax(dim=1), logits.softmax(dim=2)
 
 
@@ -705,7 +710,7 @@ class Top1MoE(nn.Module):
         self.experts = ExpertMLPs(num_experts, token_dim, expert_hidden, token_dim, noisy)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        logits = self.router(x).float()  # (B, m, E)
+        logits = at_least_float32(self.router(x))  # (B, m, E)
         noisy = logits + torch.randn_like(logits) / self.num_experts if self.router_noise else logits
         probs = noisy.softmax(dim=-1)
         gate, choice = probs.max(dim=-1)  # (B, m)

@@ -81,6 +81,24 @@ def test_soft_moe_matches_paper_equations(m, d, E, cf):
     assert torch.allclose(aux["combine"].sum(dim=2), torch.ones(2, m))
 
 
+def test_float64_moe_routes_in_float64():
+    """A float64 Soft MoE or Top1-MoE (the official-equivalence probe runs one) keeps its
+    routing softmaxes in float64: it meets the float64 reference far inside float32's rounding."""
+    torch.manual_seed(0)
+    soft = dqn.SoftMoE(5, 7, 3, expert_hidden=4).double()
+    top1 = dqn.Top1MoE(5, 12, 3, expert_hidden=6).double()
+    randomize_biases_(soft)
+    randomize_biases_(top1)
+    x = torch.randn(2, 7, 5, dtype=torch.float64)
+    y, aux = soft(x)
+    assert aux["dispatch"].dtype == torch.float64
+    torch.testing.assert_close(y, soft_moe_ref(soft, x), rtol=1e-12, atol=1e-12)
+    x = torch.randn(3, 12, 5, dtype=torch.float64)
+    y, aux = top1(x)
+    assert aux["probs"].dtype == torch.float64
+    torch.testing.assert_close(y, top1_ref(top1, x)[0], rtol=1e-12, atol=1e-12)
+
+
 def test_soft_moe_normalized_matches_reference():
     """normalize=True: logits from x/||x|| and scale*phi/||phi|| (over d), slot inputs from the
     raw x; the learned scale (set away from 1) multiplies the logits."""

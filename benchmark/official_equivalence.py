@@ -1,0 +1,346 @@
+"""Our Atari 100k update against Dopamine's, weight for weight (issue 8: is the port exact?)
+
+`official_soft_moe_routing.py` compared the two networks at initialisation, each with its own
+random weights. This copies the official network's initial weights into ours and runs the
+official agent's own update function beside ours:
+
+  - forward: the Q-values and, for the Soft MoE, the routing logits on a batch of frames;
+  - gradient: Dopamine's `rainbow_100k_moe_agent.train` (the update of the paper's Atari 100k
+    MoE agents: targets, TD loss, PER weights, gradient), run with optax.sgd(1), hands back
+    params - grad; every parameter's gradient against ours (`rainbow_targets`, `rainbow_loss`,
+    backward), as a relative error;
+  - training: T updates of `train` with the agent's Adam (`dqn_agent.create_optimizer`) against
+    T of ours (torch.optim.Adam, the agent's lr and eps) on the same batches. Reported: the
+    distance between the two networks relative to how far they moved from their common start,
+    the losses, and for the Soft MoE where each network's routing went.
+
+`--agent drq` is DrQ(eps) (one atom, Huber loss, double DQN, the target the online network,
+uniform replay); `--agent der` is DER's C51 (51 atoms, v_max 10, double DQN, a target network
+fixed over the T updates as at the start of a run, importance weights) with the noisy layers
+off, since two frameworks cannot draw the same noise. The network is `FullRainbowMoENetwork`
+(dueling; `--encoder nature` is `encoder_type='CNN'`, `impala` the ResNet of the paper's figures
+12 and 16) with `--moe soft` (4 experts, PerConv tokens), `top1` or `none` (the baseline's
+Dense(512)). Batches are one-step transitions of random play, discounted by the agent's
+gamma^n as n-step returns are, without augmentation (a random draw each framework makes its own
+way). `--float64` runs both in float64: what is left then is the implementations, not the
+frameworks' float32 rounding, which training otherwise carries along and amplifies.
+
+Needs JAX, flax, optax, chex, gin-config and absl-py (not in requirements.txt) and Dopamine's
+sources at commit 0a5b581 with the folders `jax`, `labs`, `replay_memory`, `discrete_domains`,
+`metrics` and `utils` of its `dopamine` package (see `official_soft_moe_routing.py`; TensorFlow,
+gym and Dopamine's TF agents are stood in for):
+
+    python benchmark/official_equivalence.py --dopamine /path/to/dopamine --agent drq --moe soft \\
+        --encoder nature --updates 1000 --out benchmark/results/official_equivalence_drq_soft_nature.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.machinery
+import json
+import os
+import sys
+import time
+from unittest import mock
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import official_soft_moe_routing as probe  # noqa: E402  (the stand-ins for Dopamine's network imports)
+
+ours, torch, drq = probe.ours, probe.torch, probe.drq
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import der_moe_atari100k as der  # noqa: E402
+
+MOE_TYPES = {"soft": "SOFTMOE", "top1": "MOE", "none": "BASELINE"}
+AGENTS = {"drq": drq, "der": der}
+
+
+def import_official_agent(dopamine_root: str):
+    """Dopamine's network module and the Atari 100k MoE agent's module (for `train`) and DQN's
+    (for `create_optimizer`), with TensorFlow, gin's TF bindings, gym and the TF agents stood in."""
+    networks = probe.import_official_networks(dopamine_root)
+    for name in ("tensorflow", "tensorflow.compat", "tensorflow.compat.v1", "gin.tf", "gym",
+                 "dopamine.agents", "dopamine.agents.dqn", "dopamine.agents.dqn.dqn_agent"):
+        stand_in = mock.MagicMock(name=name)
+        stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)  # torch.compile's import checks read it
+        sys.modules.setdefault(name, stand_in)
+    from dopamine.jax.agents.dqn import dqn_agent
+    from dopamine.labs.moes.agents import rainbow_100k_moe_agent
+    return networks, rainbow_100k_moe_agent, dqn_agent
+
+
+def our_args(agent: str, moe: str, encoder: str):
+    """The agent's Args with the comparison's settings: 4 experts, noise off (DER)."""
+    return AGENTS[agent].Args(moe=moe, num_experts=4, encoder=encoder, noisy=False)
+
+
+def official_network(networks, args, num_actions: int, inputs_preprocessed: bool = False):
+    return networks.FullRainbowMoENetwork(
+        num_actions=num_actions, inputs_preprocessed=inputs_preprocessed, num_atoms=args.num_atoms, noisy=False, dueling=args.dueling,
+        distributional=args.num_atoms > 1, num_experts=args.num_experts, moe_type=MOE_TYPES[args.moe],
+        encoder_type={"nature": "CNN", "impala": "IMPALA"}[args.encoder], nn_scale=1)
+
+
+def flat(tree, prefix="") -> dict:
+    """A nested dict of arrays -> {'a/b/c': array}."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def official_to_ours_names(encoder: str, moe: str) -> dict:
+    """Our parameter name -> (the official's flattened name, how to lay its array out as ours).
+    flax: conv kernels HWIO, dense kernels (in, out); ours OIHW and (out, in)."""
+    conv, dense, same = "conv", "dense", "same"
+    names = {}
+    if encoder == "nature":
+        for i in range(3):
+            names[f"torso.encoder.{i}.weight"] = (f"encoder/Conv_{i}/kernel", conv)
+            names[f"torso.encoder.{i}.bias"] = (f"encoder/Conv_{i}/bias", same)
+    else:  # each Stack: Conv_0, then its residual blocks' two convs each
+        for s in range(3):
+            convs = ["conv", "blocks.0.conv0", "blocks.0.conv1", "blocks.1.conv0", "blocks.1.conv1"]
+            for j, ours_conv in enumerate(convs):
+                names[f"torso.encoder.{s}.{ours_conv}.weight"] = (f"encoder/_stacks_{s}/Conv_{j}/kernel", conv)
+                names[f"torso.encoder.{s}.{ours_conv}.bias"] = (f"encoder/_stacks_{s}/Conv_{j}/bias", same)
+    if moe == "soft":
+        names["torso.moe.router.phi"] = ("SoftMoE_0/phi_weights", same)
+    if moe == "top1":
+        names["torso.moe.router.weight"] = ("MoE_0/router/Dense_0/kernel", dense)
+    if moe == "none":  # the baseline's Dense(512) is the network's first Dense
+        names["torso.moe.dense.weight"], names["torso.moe.dense.bias"] = ("Dense_0/kernel", dense), ("Dense_0/bias", same)
+    else:  # flax names the vmapped experts at the top
+        names.update({"torso.moe.experts.w1": ("ExpertModel_0/net/kernel", same),
+                      "torso.moe.experts.b1": ("ExpertModel_0/net/bias", same),
+                      "torso.moe.experts.w2": ("ExpertModel_0/Dense_0/kernel", same),
+                      "torso.moe.experts.b2": ("ExpertModel_0/Dense_0/bias", same)})
+    head = 1 if moe == "none" else 0
+    names["advantage.weight"], names["advantage.bias"] = (f"Dense_{head}/kernel", dense), (f"Dense_{head}/bias", same)
+    names["value.weight"], names["value.bias"] = (f"Dense_{head + 1}/kernel", dense), (f"Dense_{head + 1}/bias", same)
+    return names
+
+
+def as_ours(array, layout: str, dtype) -> torch.Tensor:
+    t = torch.from_numpy(np.array(array)).to(dtype)
+    return {"conv": lambda: t.permute(3, 2, 0, 1), "dense": lambda: t.T, "same": lambda: t}[layout]().contiguous()
+
+
+def load_official_weights(q_net, official_params: dict, names: dict) -> None:
+    """Copies every official weight into `q_net`; fails if either side has one the other lacks
+    (the Soft MoE's normalisation scale aside, unused without normalisation)."""
+    official = {k: v for k, v in flat(official_params).items() if not k.endswith("/scalar")}
+    params = dict(q_net.named_parameters())
+    if set(names) != set(params) or {o for o, _ in names.values()} != set(official):
+        sys.exit(f"error: the parameter maps differ: ours only {sorted(set(params) - set(names))}, "
+                 f"official only {sorted(set(official) - {o for o, _ in names.values()})}")
+    with torch.no_grad():
+        for name, (official_name, layout) in names.items():
+            value = as_ours(official[official_name], layout, params[name].dtype)
+            if value.shape != params[name].shape:
+                sys.exit(f"error: {name} is {tuple(params[name].shape)}, the official {official_name} {tuple(value.shape)}")
+            params[name].copy_(value)
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+class Official:
+    """Dopamine's network and its agent's `train`, on batches given as torch tensors."""
+
+    def __init__(self, dopamine_root: str, args, num_actions: int, obs, seed: int, float64: bool):
+        import jax
+        import jax.numpy as jnp
+        self.jax, self.jnp = jax, jnp
+        networks, self.agent_module, self.dqn_agent = import_official_agent(dopamine_root)
+        self.args, self.float64 = args, float64
+        self.net = official_network(networks, args, num_actions, inputs_preprocessed=float64)
+        self.key = jax.random.PRNGKey(seed)
+        self.support = (jnp.linspace(-args.v_max, args.v_max, args.num_atoms) if args.num_atoms > 1 else jnp.ones(1))
+        params = self.net.init(self.key, self.hwc(obs[:1])[0], self.support, key=self.key)
+        self.params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params) if float64 else params
+        self.outputs = jax.jit(lambda prm, obs: jax.vmap(lambda x: self.net.apply(prm, x, self.support, key=self.key))(obs))
+
+    def hwc(self, obs):
+        """(B, 4, 84, 84) uint8 -> (B, 84, 84, 4) as Dopamine stacks frames, which its network
+        scales (float32 x / 255); in float64, scaled here in float64, as `scaled` does for ours."""
+        hwc = obs.permute(0, 2, 3, 1)
+        return self.jnp.asarray((hwc.double() / 255.0).numpy() if self.float64 else hwc.numpy())
+
+    def train(self, optimizer, opt_state, target_params, batch: dict):
+        """One call of the official agent's update; returns (online params, optimizer state, loss, per-sample loss)."""
+        a, jnp = self.args, self.jnp
+        out = self.agent_module.train(
+            self.net, self.params, target_params, optimizer, opt_state, self.hwc(batch["obs"]),
+            jnp.asarray(batch["action"].numpy()), self.hwc(batch["next_obs"]), jnp.asarray(batch["return"].numpy()),
+            jnp.asarray(batch["terminal"].numpy()), jnp.asarray(batch["weights"].numpy()), self.support,
+            a.gamma ** a.n_step, a.double, a.num_atoms > 1, False, self.key, False)
+        return out["online_params"], out["optimizer_state"], float(out["combined_loss"]), np.asarray(out["td_loss"])
+
+    def routing_logits(self, obs):
+        """The Soft MoE's logits X Phi (B, m, E * p) on the encoder's tokens."""
+        p = self.params["params"]
+        scale = (lambda x: x) if self.float64 else (lambda x: x.astype(self.jnp.float32) / 255.0)
+        tokens = self.jax.vmap(lambda x: self.net.apply({"params": p}, x, method=lambda m, x: m.encoder(scale(x))))(
+            self.hwc(obs))
+        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
+        logits = self.jnp.einsum("bmd,dnp->bmnp", tokens, p["SoftMoE_0"]["phi_weights"])
+        return logits.reshape(tokens.shape[0], tokens.shape[1], -1)
+
+
+def our_routing_logits(q_net, obs) -> torch.Tensor:
+    with torch.no_grad():
+        tokens = drq.tokenize(q_net.torso.encoder(scaled(obs, q_net)), q_net.torso.tokenizer)
+        return q_net.torso.moe.router(tokens)
+
+
+def scaled(obs: torch.Tensor, q_net) -> torch.Tensor:
+    """Frames scaled as our network scales them (float32 x / 255), or in float64 for a float64 network."""
+    return obs.double() / 255.0 if next(q_net.parameters()).dtype == torch.float64 else obs.float() / 255.0
+
+
+def our_update(args, module, q_net, target_net, optimizer, batch: dict) -> tuple[float, np.ndarray]:
+    """Our agent's update on `batch`: its targets, its loss, backward and `optimizer`."""
+    dtype = next(q_net.parameters()).dtype
+    # the official target multiplies gamma^n by 1 - terminal in float32 (`terminals.astype(jnp.float32)`)
+    gamma_n = torch.tensor(args.gamma ** args.n_step, dtype=torch.float32).to(dtype)
+    batch = {**batch, "obs": scaled(batch["obs"], q_net), "next_obs": scaled(batch["next_obs"], q_net),
+             "discount": gamma_n * (1.0 - batch["terminal"].to(dtype))}
+    targets = module.rainbow_targets(args, q_net, target_net, batch)
+    total, per_sample = module.rainbow_loss(args, module.online_logits(args, q_net, batch), batch, targets)
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+    return total.item(), per_sample.detach().numpy()
+
+
+def batches(data: dict, count: int, seed: int, prioritized: bool, dtype) -> list[dict]:
+    """Random one-step transitions; importance weights as the prioritised replay makes them
+    (1 / sqrt(p), over their max) from random priorities, all 1 for uniform replay."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for _ in range(count):
+        idx = torch.randint(len(data["obs"]), (32,), generator=gen)
+        weights = torch.ones(32, dtype=dtype)
+        if prioritized:
+            w = 1.0 / torch.sqrt(torch.rand(32, generator=gen, dtype=torch.float64) + 1e-10)
+            weights = (w / w.max()).to(dtype)
+        out.append({"obs": data["obs"][idx], "next_obs": data["next_obs"][idx], "action": data["action"][idx],
+                    "return": data["reward"][idx].to(dtype), "terminal": data["done"][idx].to(dtype), "weights": weights})
+    return out
+
+
+def entropies(logits) -> dict:
+    return {k: v for k, v in probe.entropies(np.asarray(logits, dtype=np.float32)).items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dopamine", required=True, help="folder holding Dopamine's `dopamine` package (commit 0a5b581)")
+    parser.add_argument("--agent", choices=sorted(AGENTS), default="drq")
+    parser.add_argument("--moe", choices=sorted(MOE_TYPES), default="soft")
+    parser.add_argument("--encoder", choices=["nature", "impala"], default="nature")
+    parser.add_argument("--game", default="Pong")
+    parser.add_argument("--frames", type=int, default=2000, help="agent steps of random play")
+    parser.add_argument("--updates", type=int, default=1000, help="updates in both")
+    parser.add_argument("--float64", action="store_true", help="both in float64")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="JSON file of the measurements")
+    opts = parser.parse_args()
+    if not os.path.isdir(os.path.join(opts.dopamine, "dopamine", "labs", "moes", "agents")):
+        sys.exit(f"error: no dopamine/labs/moes/agents under {opts.dopamine}: pass the folder that holds Dopamine's package")
+    if opts.float64:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+    import jax
+    import optax
+    started = time.time()
+    dtype = torch.float64 if opts.float64 else torch.float32
+    module, args = AGENTS[opts.agent], our_args(opts.agent, opts.moe, opts.encoder)
+    data = ours.random_play(opts.game, opts.frames, opts.seed)
+    official = Official(opts.dopamine, args, data["num_actions"], data["obs"], opts.seed, opts.float64)
+    q_net = module.RainbowNetwork(args, data["num_actions"]).to(dtype)
+    if args.num_atoms > 1:  # the atoms in the network's dtype, as the official's jnp.linspace
+        q_net.support.copy_(torch.linspace(-args.v_max, args.v_max, args.num_atoms, dtype=dtype))
+    names = official_to_ours_names(opts.encoder, opts.moe)
+    load_official_weights(q_net, official.params["params"], names)
+    start_params = {n: p.detach().clone() for n, p in q_net.named_parameters()}
+    target_params = official.params  # DER: fixed over the T updates; DrQ(eps): the online network
+    target_net = q_net if args.target_update_period == 1 else copy.deepcopy(q_net).requires_grad_(False)
+    train_batches = batches(data, opts.updates + 1, opts.seed, args.prioritized, dtype)
+    probe_obs = data["obs"][torch.randperm(len(data["obs"]), generator=torch.Generator().manual_seed(opts.seed))[:64]]
+
+    # forward, and the gradient of one update (official: train with sgd(1) gives params - grad)
+    b0 = train_batches[0]
+    q_official = np.asarray(official.outputs(official.params, official.hwc(b0["obs"])).q_values)
+    with torch.no_grad():
+        q_ours = q_net(scaled(b0["obs"], q_net))[0].numpy()
+    sgd = optax.sgd(1.0)
+    stepped, _, loss_official, per_sample_official = official.train(sgd, sgd.init(official.params), target_params, b0)
+    after = flat(stepped["params"])
+    grad_official = {k: np.asarray(v) - np.asarray(after[k]) for k, v in flat(official.params["params"]).items()}
+    loss_ours, per_sample_ours = our_update(args, module, q_net, target_net, torch.optim.SGD(q_net.parameters(), lr=0.0), b0)
+    grad_errors = {n: relative_error(p.grad, as_ours(grad_official[names[n][0]], names[n][1], dtype))
+                   for n, p in q_net.named_parameters()}
+    start = {"q_relative_error": relative_error(q_ours, q_official), "q_max_abs": float(np.abs(q_official).max()),
+             "loss_official": loss_official, "loss_ours": loss_ours,
+             "per_sample_loss_relative_error": relative_error(per_sample_ours, per_sample_official),
+             "gradient_relative_error_max": max(grad_errors.values()),
+             "gradient_relative_error_median": float(np.median(list(grad_errors.values()))),
+             "gradient_relative_error_worst": max(grad_errors, key=grad_errors.get), "gradient_relative_error": grad_errors}
+    if opts.moe == "soft":
+        start["routing_logit_relative_error"] = relative_error(our_routing_logits(q_net, b0["obs"]),
+                                                               official.routing_logits(b0["obs"]))
+    print(f"{opts.agent}, {opts.moe}, {opts.encoder}, {dtype}: Q relative error {start['q_relative_error']:.1e}; "
+          f"loss {loss_official:.6g} against {loss_ours:.6g}; gradient relative error: largest "
+          f"{start['gradient_relative_error_max']:.1e} ({start['gradient_relative_error_worst']}), median "
+          f"{start['gradient_relative_error_median']:.1e}", flush=True)
+
+    # T updates with the agents' Adam
+    adam = official.dqn_agent.create_optimizer("adam", learning_rate=args.learning_rate, eps=args.adam_eps)
+    opt_state = adam.init(official.params)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    rows, clock = [], time.time()
+    for step, batch in enumerate(train_batches[1:], start=1):
+        official.params, opt_state, loss_official, _ = official.train(
+            adam, opt_state, official.params if args.target_update_period == 1 else target_params, batch)
+        loss_ours, _ = our_update(args, module, q_net, target_net, optimizer, batch)
+        if step % max(1, opts.updates // 5) and step != opts.updates and step != 1:
+            continue
+        now = flat(official.params["params"])
+        apart = {n: float(torch.linalg.vector_norm(p.detach() - as_ours(now[names[n][0]], names[n][1], dtype)))
+                 for n, p in q_net.named_parameters()}
+        moved = {n: float(torch.linalg.vector_norm(as_ours(now[names[n][0]], names[n][1], dtype) - start_params[n]))
+                 for n in apart}
+        relative = {n: apart[n] / max(moved[n], 1e-300) for n in apart}
+        row = {"update": step, "loss_official": loss_official, "loss_ours": loss_ours,
+               "apart_over_moved_all": float(np.sqrt(sum(v * v for v in apart.values())) /
+                                             np.sqrt(sum(v * v for v in moved.values()))),
+               "apart_over_moved_max": max(relative.values()), "apart_over_moved_worst": max(relative, key=relative.get),
+               "seconds": round(time.time() - clock, 1)}
+        if opts.moe == "soft":
+            phi_start = start_params["torso.moe.router.phi"]
+            row["official"] = {**entropies(official.routing_logits(probe_obs)),
+                               "phi_rms_change": ours.rms(as_ours(now["SoftMoE_0/phi_weights"], "same", dtype) - phi_start)}
+            row["ours"] = {**entropies(our_routing_logits(q_net, probe_obs)),
+                           "phi_rms_change": ours.rms(q_net.torso.moe.router.phi.detach() - phi_start)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    record = {"agent": opts.agent, "moe": opts.moe, "encoder": opts.encoder, "game": opts.game, "frames": opts.frames,
+              "updates": opts.updates, "float64": opts.float64, "seed": opts.seed,
+              "learning_rate": args.learning_rate, "adam_eps": args.adam_eps, "jax": jax.__version__,
+              "optax": optax.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "seconds": round(time.time() - started, 1), "start": start, "training": rows}
+    if opts.out:
+        with open(opts.out, "w") as f:
+            json.dump(record, f, indent=1)
+        print(f"wrote {opts.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -53,14 +53,16 @@ import official_soft_moe_routing as probe  # noqa: E402  (the stand-ins for Dopa
 ours, torch, drq = probe.ours, probe.torch, probe.drq
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import der_moe_atari100k as der  # noqa: E402
+import dqn_moe_atari as dqn  # noqa: E402
+import rainbow_moe_atari as rainbow  # noqa: E402
 
 MOE_TYPES = {"soft": "SOFTMOE", "top1": "MOE", "none": "BASELINE"}
-AGENTS = {"drq": drq, "der": der}
+AGENTS = {"drq": drq, "der": der, "dqn": dqn, "rainbow": rainbow}
 
 
-def import_official_agent(dopamine_root: str):
-    """Dopamine's network module and the Atari 100k MoE agent's module (for `train`) and DQN's
-    (for `create_optimizer`), with TensorFlow, gin's TF bindings, gym and the TF agents stood in."""
+def import_official_agents(dopamine_root: str) -> dict:
+    """Dopamine's network module, the MoE agents' modules (for `train`) and DQN's (for
+    `create_optimizer`), with TensorFlow, gin's TF bindings, gym and the TF agents stood in."""
     networks = probe.import_official_networks(dopamine_root)
     for name in ("tensorflow", "tensorflow.compat", "tensorflow.compat.v1", "gin.tf", "gym",
                  "dopamine.agents", "dopamine.agents.dqn", "dopamine.agents.dqn.dqn_agent"):
@@ -68,20 +70,29 @@ def import_official_agent(dopamine_root: str):
         stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)  # torch.compile's import checks read it
         sys.modules.setdefault(name, stand_in)
     from dopamine.jax.agents.dqn import dqn_agent
-    from dopamine.labs.moes.agents import rainbow_100k_moe_agent
-    return networks, rainbow_100k_moe_agent, dqn_agent
+    from dopamine.labs.moes.agents import dqn_moe_agent, full_rainbow_moe_agent, rainbow_100k_moe_agent
+    return {"networks": networks, "dqn_agent": dqn_agent, "drq": rainbow_100k_moe_agent, "der": rainbow_100k_moe_agent,
+            "rainbow": full_rainbow_moe_agent, "dqn": dqn_moe_agent}
 
 
-def our_args(agent: str, moe: str, encoder: str):
-    """The agent's Args with the comparison's settings: 4 experts, noise off (DER)."""
-    return AGENTS[agent].Args(moe=moe, num_experts=4, encoder=encoder, noisy=False)
+def our_args(agent: str, moe: str, encoder, num_experts):
+    """The agent's Args with the comparison's settings; the noisy layers off."""
+    Args = AGENTS[agent].Args
+    settings = {"moe": moe, "encoder": encoder or Args().encoder, "num_experts": num_experts or Args().num_experts}
+    if hasattr(Args(), "noisy"):
+        settings["noisy"] = False
+    return Args(**settings)
 
 
-def official_network(networks, args, num_actions: int, inputs_preprocessed: bool = False):
+def official_network(networks, agent: str, args, num_actions: int, inputs_preprocessed: bool = False):
+    """DQN: NatureDQNMoE (`dqn.gin`) or ImpalaMoE (`dqn_impala.gin`); the others FullRainbowMoENetwork."""
+    common = dict(num_actions=num_actions, inputs_preprocessed=inputs_preprocessed, num_experts=args.num_experts,
+                  moe_type=MOE_TYPES[args.moe], nn_scale=1)
+    if agent == "dqn":
+        return (networks.NatureDQNMoE if args.encoder == "nature" else networks.ImpalaMoE)(**common)
     return networks.FullRainbowMoENetwork(
-        num_actions=num_actions, inputs_preprocessed=inputs_preprocessed, num_atoms=args.num_atoms, noisy=False, dueling=args.dueling,
-        distributional=args.num_atoms > 1, num_experts=args.num_experts, moe_type=MOE_TYPES[args.moe],
-        encoder_type={"nature": "CNN", "impala": "IMPALA"}[args.encoder], nn_scale=1)
+        num_atoms=args.num_atoms, noisy=False, dueling=args.dueling, distributional=args.num_atoms > 1,
+        encoder_type={"nature": "CNN", "impala": "IMPALA"}[args.encoder], **common)
 
 
 def flat(tree, prefix="") -> dict:
@@ -92,15 +103,16 @@ def flat(tree, prefix="") -> dict:
     return out
 
 
-def official_to_ours_names(encoder: str, moe: str) -> dict:
+def official_to_ours_names(agent: str, encoder: str, moe: str) -> dict:
     """Our parameter name -> (the official's flattened name, how to lay its array out as ours).
     flax: conv kernels HWIO, dense kernels (in, out); ours OIHW and (out, in)."""
     conv, dense, same = "conv", "dense", "same"
     names = {}
-    if encoder == "nature":
+    if encoder == "nature":  # NatureDQNMoE has its convs inline, FullRainbowMoENetwork in `encoder`
+        where = "" if agent == "dqn" else "encoder/"
         for i in range(3):
-            names[f"torso.encoder.{i}.weight"] = (f"encoder/Conv_{i}/kernel", conv)
-            names[f"torso.encoder.{i}.bias"] = (f"encoder/Conv_{i}/bias", same)
+            names[f"torso.encoder.{i}.weight"] = (f"{where}Conv_{i}/kernel", conv)
+            names[f"torso.encoder.{i}.bias"] = (f"{where}Conv_{i}/bias", same)
     else:  # each Stack: Conv_0, then its residual blocks' two convs each
         for s in range(3):
             convs = ["conv", "blocks.0.conv0", "blocks.0.conv1", "blocks.1.conv0", "blocks.1.conv1"]
@@ -119,6 +131,9 @@ def official_to_ours_names(encoder: str, moe: str) -> dict:
                       "torso.moe.experts.w2": ("ExpertModel_0/Dense_0/kernel", same),
                       "torso.moe.experts.b2": ("ExpertModel_0/Dense_0/bias", same)})
     head = 1 if moe == "none" else 0
+    if agent == "dqn":  # one Dense(num_actions) head
+        names["head.weight"], names["head.bias"] = (f"Dense_{head}/kernel", dense), (f"Dense_{head}/bias", same)
+        return names
     names["advantage.weight"], names["advantage.bias"] = (f"Dense_{head}/kernel", dense), (f"Dense_{head}/bias", same)
     names["value.weight"], names["value.bias"] = (f"Dense_{head + 1}/kernel", dense), (f"Dense_{head + 1}/bias", same)
     return names
@@ -153,18 +168,22 @@ def relative_error(a, b) -> float:
 class Official:
     """Dopamine's network and its agent's `train`, on batches given as torch tensors."""
 
-    def __init__(self, dopamine_root: str, args, num_actions: int, obs, seed: int, float64: bool):
+    def __init__(self, dopamine_root: str, agent: str, args, num_actions: int, obs, seed: int, float64: bool):
         import jax
         import jax.numpy as jnp
         self.jax, self.jnp = jax, jnp
-        networks, self.agent_module, self.dqn_agent = import_official_agent(dopamine_root)
-        self.args, self.float64 = args, float64
-        self.net = official_network(networks, args, num_actions, inputs_preprocessed=float64)
+        self.modules = import_official_agents(dopamine_root)
+        self.agent, self.args, self.float64 = agent, args, float64
+        self.net = official_network(self.modules["networks"], agent, args, num_actions, inputs_preprocessed=float64)
         self.key = jax.random.PRNGKey(seed)
-        self.support = (jnp.linspace(-args.v_max, args.v_max, args.num_atoms) if args.num_atoms > 1 else jnp.ones(1))
-        params = self.net.init(self.key, self.hwc(obs[:1])[0], self.support, key=self.key)
+        self.support = (jnp.linspace(-args.v_max, args.v_max, args.num_atoms) if getattr(args, "num_atoms", 1) > 1
+                        else jnp.ones(1))
+        params = self.net.init(self.key, self.hwc(obs[:1])[0], **self.call_args())
         self.params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params) if float64 else params
-        self.outputs = jax.jit(lambda prm, obs: jax.vmap(lambda x: self.net.apply(prm, x, self.support, key=self.key))(obs))
+        self.q_values = jax.jit(lambda prm, obs: jax.vmap(lambda x: self.net.apply(prm, x, **self.call_args()).q_values)(obs))
+
+    def call_args(self) -> dict:
+        return {"key": self.key} if self.agent == "dqn" else {"support": self.support, "key": self.key}
 
     def hwc(self, obs):
         """(B, 4, 84, 84) uint8 -> (B, 84, 84, 4) as Dopamine stacks frames, which its network
@@ -173,24 +192,33 @@ class Official:
         return self.jnp.asarray((hwc.double() / 255.0).numpy() if self.float64 else hwc.numpy())
 
     def train(self, optimizer, opt_state, target_params, batch: dict):
-        """One call of the official agent's update; returns (online params, optimizer state, loss, per-sample loss)."""
-        a, jnp = self.args, self.jnp
-        out = self.agent_module.train(
-            self.net, self.params, target_params, optimizer, opt_state, self.hwc(batch["obs"]),
-            jnp.asarray(batch["action"].numpy()), self.hwc(batch["next_obs"]), jnp.asarray(batch["return"].numpy()),
-            jnp.asarray(batch["terminal"].numpy()), jnp.asarray(batch["weights"].numpy()), self.support,
-            a.gamma ** a.n_step, a.double, a.num_atoms > 1, False, self.key, False)
-        return out["online_params"], out["optimizer_state"], float(out["combined_loss"]), np.asarray(out["td_loss"])
+        """One call of the official agent's update; returns (online params, optimizer state, loss)."""
+        a, jnp, train = self.args, self.jnp, self.modules[self.agent].train
+        states, next_states = self.hwc(batch["obs"]), self.hwc(batch["next_obs"])
+        action, ret, terminal = (jnp.asarray(batch[k].numpy()) for k in ("action", "return", "terminal"))
+        head = (self.net, self.params, target_params, optimizer, opt_state, states, action, next_states, ret, terminal)
+        if self.agent == "dqn":
+            out = train(*head, a.gamma ** a.n_step, self.key, False, False, loss_type=a.loss)
+        else:
+            flags = (a.gamma ** a.n_step, a.double, a.num_atoms > 1, False, self.key, False)
+            out = train(*head, jnp.asarray(batch["weights"].numpy()), self.support, *flags,
+                        *((False,) if self.agent == "rainbow" else ()))  # log_network_statistics
+        return out["online_params"], out["optimizer_state"], float(out["combined_loss"])
 
     def routing_logits(self, obs):
-        """The Soft MoE's logits X Phi (B, m, E * p) on the encoder's tokens."""
-        p = self.params["params"]
-        scale = (lambda x: x) if self.float64 else (lambda x: x.astype(self.jnp.float32) / 255.0)
-        tokens = self.jax.vmap(lambda x: self.net.apply({"params": p}, x, method=lambda m, x: m.encoder(scale(x))))(
-            self.hwc(obs))
-        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
-        logits = self.jnp.einsum("bmd,dnp->bmnp", tokens, p["SoftMoE_0"]["phi_weights"])
-        return logits.reshape(tokens.shape[0], tokens.shape[1], -1)
+        """The Soft MoE's logits X Phi (B, m, E * p) on the encoder's tokens (flax's captured
+        intermediates: the encoder's output, or NatureDQNMoE's last conv before its ReLU)."""
+        p, jax, jnp = self.params, self.jax, self.jnp
+
+        def tokens(x):
+            _, state = self.net.apply(p, x, **self.call_args(), capture_intermediates=True, mutable=["intermediates"])
+            found = state["intermediates"]
+            t = found["encoder"]["__call__"][0] if "encoder" in found else jax.nn.relu(found["Conv_2"]["__call__"][0])
+            return t.reshape(-1, t.shape[-1])
+
+        t = jax.vmap(tokens)(self.hwc(obs))
+        logits = jnp.einsum("bmd,dnp->bmnp", t, p["params"]["SoftMoE_0"]["phi_weights"])
+        return logits.reshape(t.shape[0], t.shape[1], -1)
 
 
 def our_routing_logits(q_net, obs) -> torch.Tensor:
@@ -204,19 +232,31 @@ def scaled(obs: torch.Tensor, q_net) -> torch.Tensor:
     return obs.double() / 255.0 if next(q_net.parameters()).dtype == torch.float64 else obs.float() / 255.0
 
 
-def our_update(args, module, q_net, target_net, optimizer, batch: dict) -> tuple[float, np.ndarray]:
+def our_network(agent: str, args, num_actions: int, dtype):
+    module = AGENTS[agent]
+    q_net = (module.QNetwork if agent == "dqn" else module.RainbowNetwork)(args, num_actions).to(dtype)
+    if getattr(args, "num_atoms", 1) > 1:  # the atoms in the network's dtype, as the official's jnp.linspace
+        q_net.support.copy_(torch.linspace(-args.v_max, args.v_max, args.num_atoms, dtype=dtype))
+    return q_net
+
+
+def our_update(agent: str, args, q_net, target_net, optimizer, batch: dict) -> float:
     """Our agent's update on `batch`: its targets, its loss, backward and `optimizer`."""
-    dtype = next(q_net.parameters()).dtype
-    # the official target multiplies gamma^n by 1 - terminal in float32 (`terminals.astype(jnp.float32)`)
-    gamma_n = torch.tensor(args.gamma ** args.n_step, dtype=torch.float32).to(dtype)
+    module, dtype = AGENTS[agent], next(q_net.parameters()).dtype
+    # the official Rainbow-family target multiplies gamma^n by 1 - terminal in float32
+    # (`terminals.astype(jnp.float32)`); DQN's in the terminals' dtype
+    gamma_n = torch.tensor(args.gamma ** args.n_step, dtype=torch.float32 if agent != "dqn" else dtype).to(dtype)
     batch = {**batch, "obs": scaled(batch["obs"], q_net), "next_obs": scaled(batch["next_obs"], q_net),
              "discount": gamma_n * (1.0 - batch["terminal"].to(dtype))}
-    targets = module.rainbow_targets(args, q_net, target_net, batch)
-    total, per_sample = module.rainbow_loss(args, module.online_logits(args, q_net, batch), batch, targets)
+    if agent == "dqn":
+        total, _ = module.td_loss(args, module.online_q(args, q_net, batch), batch, module.td_target(target_net, batch))
+    else:
+        targets = module.rainbow_targets(args, q_net, target_net, batch)
+        total, _ = module.rainbow_loss(args, module.online_logits(args, q_net, batch), batch, targets)
     optimizer.zero_grad()
     total.backward()
     optimizer.step()
-    return total.item(), per_sample.detach().numpy()
+    return total.item()
 
 
 def batches(data: dict, count: int, seed: int, prioritized: bool, dtype) -> list[dict]:
@@ -244,7 +284,8 @@ def main() -> None:
     parser.add_argument("--dopamine", required=True, help="folder holding Dopamine's `dopamine` package (commit 0a5b581)")
     parser.add_argument("--agent", choices=sorted(AGENTS), default="drq")
     parser.add_argument("--moe", choices=sorted(MOE_TYPES), default="soft")
-    parser.add_argument("--encoder", choices=["nature", "impala"], default="nature")
+    parser.add_argument("--encoder", choices=["nature", "impala"], default=None, help="default: the agent's")
+    parser.add_argument("--num-experts", type=int, default=None, help="default: the agent's")
     parser.add_argument("--game", default="Pong")
     parser.add_argument("--frames", type=int, default=2000, help="agent steps of random play")
     parser.add_argument("--updates", type=int, default=1000, help="updates in both")
@@ -261,55 +302,53 @@ def main() -> None:
     import optax
     started = time.time()
     dtype = torch.float64 if opts.float64 else torch.float32
-    module, args = AGENTS[opts.agent], our_args(opts.agent, opts.moe, opts.encoder)
+    agent, args = opts.agent, our_args(opts.agent, opts.moe, opts.encoder, opts.num_experts)
     data = ours.random_play(opts.game, opts.frames, opts.seed)
-    official = Official(opts.dopamine, args, data["num_actions"], data["obs"], opts.seed, opts.float64)
-    q_net = module.RainbowNetwork(args, data["num_actions"]).to(dtype)
-    if args.num_atoms > 1:  # the atoms in the network's dtype, as the official's jnp.linspace
-        q_net.support.copy_(torch.linspace(-args.v_max, args.v_max, args.num_atoms, dtype=dtype))
-    names = official_to_ours_names(opts.encoder, opts.moe)
+    official = Official(opts.dopamine, agent, args, data["num_actions"], data["obs"], opts.seed, opts.float64)
+    q_net = our_network(agent, args, data["num_actions"], dtype)
+    names = official_to_ours_names(agent, args.encoder, opts.moe)
     load_official_weights(q_net, official.params["params"], names)
     start_params = {n: p.detach().clone() for n, p in q_net.named_parameters()}
-    target_params = official.params  # DER: fixed over the T updates; DrQ(eps): the online network
+    target_params = official.params  # fixed over the T updates as at a run's start; DrQ(eps): the online network
     target_net = q_net if args.target_update_period == 1 else copy.deepcopy(q_net).requires_grad_(False)
-    train_batches = batches(data, opts.updates + 1, opts.seed, args.prioritized, dtype)
+    train_batches = batches(data, opts.updates + 1, opts.seed, getattr(args, "prioritized", False), dtype)
     probe_obs = data["obs"][torch.randperm(len(data["obs"]), generator=torch.Generator().manual_seed(opts.seed))[:64]]
 
     # forward, and the gradient of one update (official: train with sgd(1) gives params - grad)
     b0 = train_batches[0]
-    q_official = np.asarray(official.outputs(official.params, official.hwc(b0["obs"])).q_values)
+    q_official = np.asarray(official.q_values(official.params, official.hwc(b0["obs"])))
     with torch.no_grad():
-        q_ours = q_net(scaled(b0["obs"], q_net))[0].numpy()
+        q_ours = q_net(scaled(b0["obs"], q_net))
+        q_ours = (q_ours if agent == "dqn" else q_ours[0]).numpy()
     sgd = optax.sgd(1.0)
-    stepped, _, loss_official, per_sample_official = official.train(sgd, sgd.init(official.params), target_params, b0)
+    stepped, _, loss_official = official.train(sgd, sgd.init(official.params), target_params, b0)
     after = flat(stepped["params"])
     grad_official = {k: np.asarray(v) - np.asarray(after[k]) for k, v in flat(official.params["params"]).items()}
-    loss_ours, per_sample_ours = our_update(args, module, q_net, target_net, torch.optim.SGD(q_net.parameters(), lr=0.0), b0)
+    loss_ours = our_update(agent, args, q_net, target_net, torch.optim.SGD(q_net.parameters(), lr=0.0), b0)
     grad_errors = {n: relative_error(p.grad, as_ours(grad_official[names[n][0]], names[n][1], dtype))
                    for n, p in q_net.named_parameters()}
     start = {"q_relative_error": relative_error(q_ours, q_official), "q_max_abs": float(np.abs(q_official).max()),
              "loss_official": loss_official, "loss_ours": loss_ours,
-             "per_sample_loss_relative_error": relative_error(per_sample_ours, per_sample_official),
              "gradient_relative_error_max": max(grad_errors.values()),
              "gradient_relative_error_median": float(np.median(list(grad_errors.values()))),
              "gradient_relative_error_worst": max(grad_errors, key=grad_errors.get), "gradient_relative_error": grad_errors}
     if opts.moe == "soft":
         start["routing_logit_relative_error"] = relative_error(our_routing_logits(q_net, b0["obs"]),
                                                                official.routing_logits(b0["obs"]))
-    print(f"{opts.agent}, {opts.moe}, {opts.encoder}, {dtype}: Q relative error {start['q_relative_error']:.1e}; "
+    print(f"{agent}, {opts.moe}-{args.num_experts}, {args.encoder}, {dtype}: Q relative error {start['q_relative_error']:.1e}; "
           f"loss {loss_official:.6g} against {loss_ours:.6g}; gradient relative error: largest "
           f"{start['gradient_relative_error_max']:.1e} ({start['gradient_relative_error_worst']}), median "
           f"{start['gradient_relative_error_median']:.1e}", flush=True)
 
     # T updates with the agents' Adam
-    adam = official.dqn_agent.create_optimizer("adam", learning_rate=args.learning_rate, eps=args.adam_eps)
+    adam = official.modules["dqn_agent"].create_optimizer("adam", learning_rate=args.learning_rate, eps=args.adam_eps)
     opt_state = adam.init(official.params)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     rows, clock = [], time.time()
     for step, batch in enumerate(train_batches[1:], start=1):
-        official.params, opt_state, loss_official, _ = official.train(
+        official.params, opt_state, loss_official = official.train(
             adam, opt_state, official.params if args.target_update_period == 1 else target_params, batch)
-        loss_ours, _ = our_update(args, module, q_net, target_net, optimizer, batch)
+        loss_ours = our_update(agent, args, q_net, target_net, optimizer, batch)
         if step % max(1, opts.updates // 5) and step != opts.updates and step != 1:
             continue
         now = flat(official.params["params"])
@@ -331,7 +370,7 @@ def main() -> None:
                            "phi_rms_change": ours.rms(q_net.torso.moe.router.phi.detach() - phi_start)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    record = {"agent": opts.agent, "moe": opts.moe, "encoder": opts.encoder, "game": opts.game, "frames": opts.frames,
+    record = {"agent": agent, "moe": opts.moe, "num_experts": args.num_experts, "encoder": args.encoder, "game": opts.game, "frames": opts.frames,
               "updates": opts.updates, "float64": opts.float64, "seed": opts.seed,
               "learning_rate": args.learning_rate, "adam_eps": args.adam_eps, "jax": jax.__version__,
               "optax": optax.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -220,3 +220,22 @@ def test_soft_moe_routing_probe_quick(tmp_path):
     for x in r["results"]:
         assert [s["update"] for s in x["states"]] == [0, 1, 2, 3, 4]
         assert all(0 < s["dispatch_entropy"] <= 1 + 1e-6 for s in x["states"]) and x["grad_rms"]["phi"] > 0
+
+
+@pytest.mark.parametrize("agent", ["drq", "der", "dqn", "rainbow"])
+def test_official_equivalence_maps_every_parameter(agent):
+    """official_equivalence.py copies Dopamine's weights into ours by a name map; it must name
+    every parameter of our networks once, convolutions as 4-d and dense kernels as 2-d arrays,
+    for each MoE and encoder (the probe itself needs JAX, which CI does not install)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import official_equivalence as eq
+    torch = eq.torch
+    for moe in ("soft", "top1", "none"):
+        for encoder in ("nature", "impala"):
+            args = eq.our_args(agent, moe, encoder, None)
+            params = dict(eq.our_network(agent, args, 6, torch.float32).named_parameters())
+            names = eq.official_to_ours_names(agent, encoder, moe)
+            assert set(names) == set(params), (moe, encoder)
+            assert len({official for official, _ in names.values()}) == len(names)
+            for name, (_, layout) in names.items():
+                assert params[name].dim() == {"conv": 4, "dense": 2}.get(layout, params[name].dim()), name

@@ -99,6 +99,9 @@ class Args:
     emulator_process: bool = False
     """with --num-envs 1: step the emulator in a child process, beside the loop's other work (the
     same frames; resume stays exact); off, it steps in the loop's process"""
+    rom_file: Optional[str] = None
+    """load the game from this ROM file instead of ale-py's own: atari-py 0.2.6's BankHeist (md5
+    83b8c01c...) is a PAL cartridge that the 2021 published runs may have used (benchmark/RESULTS.md)"""
     total_steps: int = 100_000
     """agent steps of training (100k = 400k frames)"""
     iteration_steps: int = 10_000
@@ -252,6 +255,26 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
     return env
 
 
+def use_rom_file(game: str, path: str) -> None:
+    """From now on this process loads `game` (ale-py's name, e.g. bank_heist) from the ROM file
+    at `path` instead of ale-py's own (`--rom-file`): every environment, vector or not, asks
+    ale_py.roms.get_rom_path for its ROM, at creation and at each seeded reset."""
+    lookup = ale_py.roms.get_rom_path
+    original, overrides = getattr(lookup, "original", lookup), dict(getattr(lookup, "overrides", {}))
+    overrides[game] = os.path.abspath(path)
+
+    def get_rom_path(name: str):
+        return overrides[name] if name in overrides else original(name)
+
+    get_rom_path.original, get_rom_path.overrides = original, overrides
+    ale_py.roms.get_rom_path = get_rom_path
+
+
+def rom_files() -> dict:
+    """The games `use_rom_file` redirected in this process: {game: ROM path}."""
+    return dict(getattr(ale_py.roms.get_rom_path, "overrides", {}))
+
+
 def get_env_state(env) -> dict:
     """What an exact resume needs of the environment: the emulator with its RNG (sticky actions)."""
     return {"ale": env.unwrapped.ale.cloneState(include_rng=True)}
@@ -326,9 +349,11 @@ class LocalEmulator:
         self.env.close()
 
 
-def emulator_process_main(conn, env_args: tuple, video_dir: Optional[str]) -> None:
+def emulator_process_main(conn, env_args: tuple, video_dir: Optional[str], roms: dict) -> None:
     """The child process of `EmulatorProcess`: runs the calls it receives until told to close, or
-    until the parent's end of the pipe goes away."""
+    until the parent's end of the pipe goes away. `roms`: the parent's `rom_files`."""
+    for game, path in roms.items():
+        use_rom_file(game, path)
     env = make_env(*env_args, video_dir)
     try:
         while True:
@@ -349,7 +374,8 @@ class EmulatorProcess(LocalEmulator):
     def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
         context = multiprocessing.get_context("spawn")  # no fork of a process with CUDA and thread pools
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=emulator_process_main, args=(child, env_args, video_dir), daemon=True)
+        self.process = context.Process(target=emulator_process_main, args=(child, env_args, video_dir, rom_files()),
+                                       daemon=True)
         self.process.start()
         child.close()
 
@@ -2072,6 +2098,8 @@ def validate_args(args: Args) -> None:
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.buffer_size < args.batch_size + args.n_step + 8:
         fail(f"--buffer-size {args.buffer_size} is too small for --batch-size {args.batch_size}")
+    if args.rom_file is not None and not os.path.isfile(args.rom_file):
+        fail(f"--rom-file {args.rom_file}: no such file; pass the path of the game's ROM (a .bin file)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {args.device}: no CUDA device is visible; use --device cpu")
     if args.cudagraphs and not (args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())):
@@ -2198,6 +2226,8 @@ def main(args: Args) -> str:
     torch.manual_seed(args.seed)
     explore_rng = np.random.default_rng(args.seed)  # epsilon-greedy and no-op starts of training
 
+    if args.rom_file:
+        use_rom_file(gym.spec(env_id).kwargs["game"], args.rom_file)
     envs = AtariEnvs(env_id, args.num_envs, args.seed, args.sticky_actions, args.max_episode_frames,
                      os.path.join(run_dir, "videos") if args.capture_video else None, args.emulator_process)
     num_actions, K = envs.num_actions, args.num_envs

@@ -141,6 +141,30 @@ def test_emulator_process_gives_the_local_emulators_frames_and_states():
     assert not child.env.process.is_alive()
 
 
+def test_rom_file_loads_that_rom_in_every_environment(monkeypatch, tmp_path):
+    """--rom-file: Breakout pointed at a copy of Pong's ROM plays Pong (ALE knows a game by its
+    ROM's bytes) in the loop's process, in the child process and in the vector env, frame for
+    frame with Pong itself; the other games keep ale-py's ROMs."""
+    roms = dqn.ale_py.roms
+    monkeypatch.setattr(roms, "get_rom_path", roms.get_rom_path)  # the override is undone after the test
+    rom = tmp_path / "not_breakout.bin"
+    rom.write_bytes(open(roms.get_rom_path("pong"), "rb").read())
+    actions = np.random.default_rng(2).integers(6, size=(40, 2))
+    pong = roll(dqn.AtariEnvs("ALE/Pong-v5", 1, 0, False, 400), actions)
+    dqn.use_rom_file("breakout", str(rom))
+    assert dqn.rom_files() == {"breakout": str(rom)}
+    local = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 400)
+    child = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 400, emulator_process=True)
+    vector = dqn.AtariEnvs("ALE/Breakout-v5", 2, 0, False, 400)
+    assert local.num_actions == child.num_actions == vector.num_actions == 6  # Pong's, not Breakout's 4
+    for envs in (local, child):
+        for a, b in zip(pong, roll(envs, actions)):
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert np.array_equal(roll(vector, actions)[-1][0][0], pong[-1][0][0])
+    assert dqn.AtariEnvs("ALE/Asterix-v5", 1, 0, False, 400).num_actions == 9
+    child.close()
+
+
 # ---- the replay ------------------------------------------------------------------------------
 def random_streams(k, vector_steps, seed):
     """K streams of rows as the agents write them: step rows, and a final row on the call after
@@ -364,3 +388,8 @@ def test_updates_during_a_step_read_no_outcome_of_it(tmp_path, monkeypatch, modu
                                            (["--num-envs", "2", "--emulator-process"], "--emulator-process")])
 def test_bad_num_envs(tmp_path, flags, needle):
     assert_one_line_error(run_script("dqn_moe_atari.py", [*TINY, *flags], tmp_path), needle)
+
+
+def test_missing_rom_file_fails_clearly(tmp_path):
+    assert_one_line_error(run_script("dqn_moe_atari.py", [*TINY, "--rom-file", str(tmp_path / "none.bin")], tmp_path),
+                          "--rom-file", "no such file")

@@ -209,7 +209,23 @@ def test_protocol_probe_is_the_fidelity_sweeps_command_with_flags_added(tmp_path
     assert len(first) == 16 and {shlex.join(t) for t in first} <= committed
     out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_protocol_probe.sh"), "--dry-run"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "VARIANTS": "2022"})
-    assert out.returncode != 0 and "VARIANTS takes 2021, fp32, shiftbatch and noopframe" in out.stderr
+    assert out.returncode != 0 and "VARIANTS takes 2021, fp32, shiftbatch, noopframe and palrom" in out.stderr
+
+
+def test_protocol_probe_runs_bankheist_from_another_rom(tmp_path):
+    """VARIANTS=palrom: BankHeist alone, the fidelity sweep's command with --rom-file (the given
+    ROM's full path) added; without a ROM_FILE that exists it fails before launching anything."""
+    rom = tmp_path / "bank_heist.bin"
+    rom.write_bytes(b"rom")
+    commands = dry_run("atari100k_protocol_probe.sh", tmp_path, VARIANTS="palrom", ROM_FILE=str(rom))
+    sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="4 5 6 7", AGENTS="drq", NETWORKS="none", GAMES="BankHeist")
+    assert len(commands) == len(sweep) == 4
+    for base, t in zip(sweep, commands):
+        assert t == [("drq_palrom_100k" if x == "drq_none_100k" else x) for x in base] + ["--rom-file", str(rom)]
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_protocol_probe.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "VARIANTS": "palrom", "ROM_FILE": str(tmp_path / "missing.bin")})
+    assert out.returncode != 0 and "VARIANTS=palrom needs ROM_FILE" in out.stderr
 
 
 def test_fidelity_sweep_in_the_2021_protocol(tmp_path):

@@ -8,10 +8,11 @@
 #   fp32        --no-tf32: full float32 on the GPU, as the CPU runs (issue 7's TF32 check too)
 #   shiftbatch  --shift-per batch alone     } which half of the 2021 code
 #   noopframe   --noop-unit frame alone     }
-#   palrom      --rom-file $ROM_FILE, BankHeist only: atari-py 0.2.6's own BankHeist ROM (md5
-#               83b8c01c..., a PAL cartridge; RESULTS.md "BankHeist: the same emulator, another ROM"),
-#               not in the default VARIANTS. The ROM is not in this repository: `pip download
-#               --no-binary :all: --no-deps atari-py==0.2.6`, then atari_py/atari_roms/bank_heist.bin
+#   oldrom      --rom-file $ROM_DIR/<game>.bin: the ROMs atari-py 0.2.6 shipped, on the 10 games
+#               whose ROM differs from ale-py's (unless GAMES says otherwise; RESULTS.md "BankHeist:
+#               the same emulator, another ROM"); not in the default VARIANTS. The ROMs are not in
+#               this repository: `pip download --no-binary :all: --no-deps atari-py==0.2.6`, unpack,
+#               ROM_DIR=atari-py-0.2.6/atari_py/atari_roms
 # on seeds 4-7, which the sweep does not use. The sweep's seeds 1-3 are the reference. 2021 and
 # fp32 on Asterix and BankHeist ran first (16 runs, committed in results/atari100k_protocol_probe).
 #   bash benchmark/atari100k_protocol_probe.sh --dry-run
@@ -24,6 +25,8 @@ SEEDS=${SEEDS:-"4 5 6 7"}
 RUNS_PER_GPU=${RUNS_PER_GPU:-16}
 source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-"Asterix BankHeist Assault CrazyClimber"}
+OLD_ROM_GAMES="Amidar Assault BankHeist BattleZone DemonAttack Gopher Krull KungFuMaster MsPacman RoadRunner"
+snake() { echo "$1" | sed -E 's/([a-z])([A-Z])/\1_\2/g' | tr '[:upper:]' '[:lower:]'; }  # BankHeist -> bank_heist
 VARIANTS=${VARIANTS:-"2021 fp32 shiftbatch noopframe"}
 
 for variant in $VARIANTS; do
@@ -32,9 +35,13 @@ for variant in $VARIANTS; do
     fp32) emit drq_fp32_100k drq_moe_atari100k.py --moe none --no-tf32 ;;
     shiftbatch) emit drq_shiftbatch_100k drq_moe_atari100k.py --moe none --shift-per batch ;;
     noopframe) emit drq_noopframe_100k drq_moe_atari100k.py --moe none --noop-unit frame ;;
-    palrom)
-      [ -f "${ROM_FILE:-}" ] || { echo "error: VARIANTS=palrom needs ROM_FILE=<atari-py 0.2.6's bank_heist.bin> (got '${ROM_FILE:-}')" >&2; exit 2; }
-      (games=BankHeist; emit drq_palrom_100k drq_moe_atari100k.py --moe none --rom-file "$(realpath "$ROM_FILE")") ;;
-    *) echo "error: VARIANTS takes 2021, fp32, shiftbatch, noopframe and palrom (got $variant)" >&2; exit 2 ;;
+    oldrom)
+      for game in ${GAMES:-$OLD_ROM_GAMES}; do  # every ROM first: nothing is emitted if one is missing
+        [ -f "${ROM_DIR:-}/$(snake "$game").bin" ] || { echo "error: VARIANTS=oldrom needs ROM_DIR=<atari-py 0.2.6's atari_roms folder> holding $(snake "$game").bin (got '${ROM_DIR:-}')" >&2; exit 2; }
+      done
+      for game in ${GAMES:-$OLD_ROM_GAMES}; do
+        (games=$game; emit drq_oldrom_100k drq_moe_atari100k.py --moe none --rom-file "$(realpath "$ROM_DIR/$(snake "$game").bin")")
+      done ;;
+    *) echo "error: VARIANTS takes 2021, fp32, shiftbatch, noopframe and oldrom (got $variant)" >&2; exit 2 ;;
   esac
 done | launch "$@"

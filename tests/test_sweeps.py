@@ -209,23 +209,32 @@ def test_protocol_probe_is_the_fidelity_sweeps_command_with_flags_added(tmp_path
     assert len(first) == 16 and {shlex.join(t) for t in first} <= committed
     out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_protocol_probe.sh"), "--dry-run"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "VARIANTS": "2022"})
-    assert out.returncode != 0 and "VARIANTS takes 2021, fp32, shiftbatch, noopframe and palrom" in out.stderr
+    assert out.returncode != 0 and "VARIANTS takes 2021, fp32, shiftbatch, noopframe and oldrom" in out.stderr
 
 
-def test_protocol_probe_runs_bankheist_from_another_rom(tmp_path):
-    """VARIANTS=palrom: BankHeist alone, the fidelity sweep's command with --rom-file (the given
-    ROM's full path) added; without a ROM_FILE that exists it fails before launching anything."""
-    rom = tmp_path / "bank_heist.bin"
-    rom.write_bytes(b"rom")
-    commands = dry_run("atari100k_protocol_probe.sh", tmp_path, VARIANTS="palrom", ROM_FILE=str(rom))
-    sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="4 5 6 7", AGENTS="drq", NETWORKS="none", GAMES="BankHeist")
-    assert len(commands) == len(sweep) == 4
-    for base, t in zip(sweep, commands):
-        assert t == [("drq_palrom_100k" if x == "drq_none_100k" else x) for x in base] + ["--rom-file", str(rom)]
+def test_protocol_probe_runs_the_games_from_atari_py_roms(tmp_path):
+    """VARIANTS=oldrom: the 10 games whose ROM atari-py 0.2.6 shipped differs, each with the
+    fidelity sweep's command and --rom-file (that game's ROM in ROM_DIR, full path) added;
+    without the ROM it fails before launching anything."""
+    games = "Amidar Assault BankHeist BattleZone DemonAttack Gopher Krull KungFuMaster MsPacman RoadRunner".split()
+    snake = {"BankHeist": "bank_heist", "BattleZone": "battle_zone", "DemonAttack": "demon_attack",
+             "KungFuMaster": "kung_fu_master", "MsPacman": "ms_pacman", "RoadRunner": "road_runner"}
+    for game in games:
+        (tmp_path / f"{snake.get(game, game.lower())}.bin").write_bytes(b"rom")
+    commands = dry_run("atari100k_protocol_probe.sh", tmp_path, VARIANTS="oldrom", ROM_DIR=str(tmp_path))
+    sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="4 5 6 7", AGENTS="drq", NETWORKS="none", GAMES=" ".join(games))
+    assert len(commands) == len(sweep) == 40
+    by_run = {(flag(t, "--env-id"), flag(t, "--seed")): t for t in commands}
+    for base in sweep:
+        game = flag(base, "--env-id")
+        rom = str(tmp_path / f"{snake.get(game, game.lower())}.bin")
+        assert by_run[(game, flag(base, "--seed"))] == [("drq_oldrom_100k" if x == "drq_none_100k" else x)
+                                                       for x in base] + ["--rom-file", rom]
+    (tmp_path / "krull.bin").unlink()
     out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_protocol_probe.sh"), "--dry-run"],
                          capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "VARIANTS": "palrom", "ROM_FILE": str(tmp_path / "missing.bin")})
-    assert out.returncode != 0 and "VARIANTS=palrom needs ROM_FILE" in out.stderr
+                         env={**os.environ, "VARIANTS": "oldrom", "ROM_DIR": str(tmp_path), "RUNS_DIR": str(tmp_path)})
+    assert out.returncode != 0 and "holding krull.bin" in out.stderr
 
 
 def test_fidelity_sweep_in_the_2021_protocol(tmp_path):

@@ -1,29 +1,32 @@
-"""Our Atari 100k update against Dopamine's, weight for weight (issue 8: is the port exact?)
+"""Our agents' updates against Dopamine's own, weight for weight (issue 8: is the port exact?)
 
 `official_soft_moe_routing.py` compared the two networks at initialisation, each with its own
 random weights. This copies the official network's initial weights into ours and runs the
 official agent's own update function beside ours:
 
   - forward: the Q-values and, for the Soft MoE, the routing logits on a batch of frames;
-  - gradient: Dopamine's `rainbow_100k_moe_agent.train` (the update of the paper's Atari 100k
-    MoE agents: targets, TD loss, PER weights, gradient), run with optax.sgd(1), hands back
-    params - grad; every parameter's gradient against ours (`rainbow_targets`, `rainbow_loss`,
-    backward), as a relative error;
+  - gradient: the official `train` (targets, TD loss, importance weights, gradient), run with
+    optax.sgd(1), hands back params - grad; every parameter's gradient against ours (the agent
+    file's targets, loss and backward), as a relative error;
   - training: T updates of `train` with the agent's Adam (`dqn_agent.create_optimizer`) against
     T of ours (torch.optim.Adam, the agent's lr and eps) on the same batches. Reported: the
     distance between the two networks relative to how far they moved from their common start,
     the losses, and for the Soft MoE where each network's routing went.
 
-`--agent drq` is DrQ(eps) (one atom, Huber loss, double DQN, the target the online network,
-uniform replay); `--agent der` is DER's C51 (51 atoms, v_max 10, double DQN, a target network
-fixed over the T updates as at the start of a run, importance weights) with the noisy layers
-off, since two frameworks cannot draw the same noise. The network is `FullRainbowMoENetwork`
-(dueling; `--encoder nature` is `encoder_type='CNN'`, `impala` the ResNet of the paper's figures
-12 and 16) with `--moe soft` (4 experts, PerConv tokens), `top1` or `none` (the baseline's
-Dense(512)). Batches are one-step transitions of random play, discounted by the agent's
-gamma^n as n-step returns are, without augmentation (a random draw each framework makes its own
-way). `--float64` runs both in float64: what is left then is the implementations, not the
-frameworks' float32 rounding, which training otherwise carries along and amplifies.
+The agents and the official code they are held against (`dopamine/labs/moes` at 0a5b581):
+  - `--agent drq`, DrQ(eps): `rainbow_100k_moe_agent.train` on `FullRainbowMoENetwork` (one atom,
+    Huber loss, double DQN, the target the online network, uniform replay);
+  - `--agent der`, DER: the same `train` with C51 (51 atoms, v_max 10), double DQN, a target
+    network fixed over the T updates as at the start of a run, and importance weights;
+  - `--agent rainbow`: `full_rainbow_moe_agent.train` on `FullRainbowMoENetwork` (C51, n = 3);
+  - `--agent dqn`: `dqn_moe_agent.train` on `NatureDQNMoE` or `ImpalaMoE` (MSE, no double DQN).
+DER and Rainbow run with the noisy layers off, since two frameworks cannot draw the same noise.
+`--encoder` (default: the agent's) is the Nature CNN or the Impala ResNet; `--moe soft` (PerConv
+tokens), `top1` or `none` (the baseline's Dense(512)); `--num-experts` defaults to the agent's.
+Batches are one-step transitions of random play, discounted by the agent's gamma^n as n-step
+returns are, without augmentation (a random draw each framework makes its own way). `--float64`
+runs both in float64: what is left then is the implementations, not the frameworks' float32
+rounding, which training otherwise carries along and amplifies.
 
 Needs JAX, flax, optax, chex, gin-config and absl-py (not in requirements.txt) and Dopamine's
 sources at commit 0a5b581 with the folders `jax`, `labs`, `replay_memory`, `discrete_domains`,
@@ -31,7 +34,7 @@ sources at commit 0a5b581 with the folders `jax`, `labs`, `replay_memory`, `disc
 gym and Dopamine's TF agents are stood in for):
 
     python benchmark/official_equivalence.py --dopamine /path/to/dopamine --agent drq --moe soft \\
-        --encoder nature --updates 1000 --out benchmark/results/official_equivalence_drq_soft_nature.json
+        --encoder nature --updates 1000 --float64 --out benchmark/results/official_equivalence_drq_soft_nature_float64.json
 """
 
 from __future__ import annotations

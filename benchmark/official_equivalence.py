@@ -279,7 +279,7 @@ def batches(data: dict, count: int, seed: int, prioritized: bool, dtype) -> list
 
 
 def entropies(logits) -> dict:
-    return {k: v for k, v in probe.entropies(np.asarray(logits, dtype=np.float32)).items()}
+    return probe.entropies(np.asarray(logits, dtype=np.float32))
 
 
 def main() -> None:

@@ -17,21 +17,18 @@ differ. Emulator-level identity of atari-py and ale-py on one ROM is `emulator_c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from emulator_compare import md5  # noqa: E402
+
 GAMES = ["alien", "amidar", "assault", "asterix", "bank_heist", "battle_zone", "boxing", "breakout", "chopper_command",
          "crazy_climber", "demon_attack", "freeway", "frostbite", "gopher", "hero", "jamesbond", "kangaroo", "krull",
          "kung_fu_master", "ms_pacman", "pong", "private_eye", "qbert", "road_runner", "seaquest", "up_n_down"]
-
-
-def md5(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.md5(f.read()).hexdigest()
 
 
 def load(ale_py, path: str):

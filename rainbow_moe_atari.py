@@ -244,6 +244,17 @@ def rom_files() -> dict:
     return dict(getattr(ale_py.roms.get_rom_path, "overrides", {}))
 
 
+def rom_provenance(env_id: str) -> dict:
+    """Which emulator and ROM a run plays, for its config.json. The ROM's md5 tells apart
+    cartridges of one name: atari-py 0.2.6 shipped other ROMs than ale-py's for 10 of the 26 Atari
+    100k games, and the scores of some differ (benchmark/RESULTS.md, "BankHeist: the same emulator,
+    another ROM")."""
+    path = str(ale_py.roms.get_rom_path(gym.spec(env_id).kwargs["game"]))
+    with open(path, "rb") as f:
+        md5 = hashlib.md5(f.read()).hexdigest()
+    return {"ale_py": ale_py.__version__, "rom": path, "rom_md5": md5}
+
+
 def get_env_state(env) -> dict:
     """What an exact resume needs of the environment: the emulator with its RNG (sticky actions)."""
     return {"ale": env.unwrapped.ale.cloneState(include_rng=True)}
@@ -2156,7 +2167,7 @@ def main(args: Args) -> str:
     logger = RunLogger(run_dir, args, resume_step=step)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**dataclasses.asdict(args), "env_id": env_id, "num_actions": int(num_actions),
-                   "provenance": run_provenance(device)}, f, indent=1)
+                   "provenance": {**run_provenance(device), **rom_provenance(env_id)}}, f, indent=1)
 
     update_step = make_update_step(args, q_net, target_net, optimizer, replay)
     act_input = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, device=device)

@@ -342,6 +342,15 @@ def check_labels(runs: list[Run], say) -> None:
         if differ:
             say(f"the runs of '{label}' differ in {', '.join(differ[:5])}: pass --label-by exp_name,{differ[0]} "
                 f"to tell them apart")
+        roms: dict[str, set] = {}
+        for r in group:
+            md5 = (r.config.get("provenance") or {}).get("rom_md5")
+            if md5:
+                roms.setdefault(r.game, set()).add(md5)
+        for game, md5s in sorted(roms.items()):
+            if len(md5s) > 1:  # ROMs of one name can be other cartridges (RESULTS.md: BankHeist)
+                say(f"the runs of '{label}' on {game} played {len(md5s)} different ROMs (md5 "
+                    f"{', '.join(sorted(m[:8] for m in md5s))}): their scores may not be comparable")
 
 
 def normalisation_rows(runs: list[Run], tables: dict[str, Row] | None, say) -> dict[str, Row | None]:
@@ -880,10 +889,10 @@ class Report:
                   rows)
         write_csv(os.path.join(out, "runs.csv"),
                   ["run", "algorithm", "game", "seed", "finished", "final_score", "included", "reason", "git_commit",
-                   "code_differs_from_commit", "code_sha256", "device"],
+                   "code_differs_from_commit", "code_sha256", "device", "rom_md5"],
                   [[r.path, r.label, r.game, r.seed, r.finished, "" if r.final is None else r.final, not r.reason,
                     r.reason, *((r.config.get("provenance") or {}).get(k, "") for k in
-                                ("git_commit", "code_differs_from_commit", "code_sha256", "device"))]
+                                ("git_commit", "code_differs_from_commit", "code_sha256", "device", "rom_md5"))]
                    for r in sel.runs])
 
 

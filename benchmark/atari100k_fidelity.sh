@@ -13,6 +13,11 @@
 # published runs (RESULTS.md, "The protocol probe"): --noop-unit frame, and for DrQ(eps)
 # --shift-per batch (DER has no augmentation), named with _2021 (drq_2021_100k,
 # drq_soft_e4_2021_100k, ...). The default, current, is the code the MoE paper ran.
+# ROM_DIR=<atari-py 0.2.6's atari_roms folder> plays the 10 games whose ROM atari-py 0.2.6 shipped
+# differs from ale-py's (OLD_ROM_GAMES, sweep_common.sh) from those ROMs (--rom-file), as the
+# published runs probably did (RESULTS.md, "The old ROMs"), and adds _oldrom to every name
+# (drq_2021_oldrom_100k: the published agent's setting, as far as it is known). The ROMs are not in
+# this repository: `pip download --no-binary :all: --no-deps atari-py==0.2.6` and unpack it.
 SWEEP=atari100k_fidelity
 SEEDS=${SEEDS:-3}
 RUNS_PER_GPU=${RUNS_PER_GPU:-12}  # with --mps: twelve runs share an H100 (RESULTS.md)
@@ -27,6 +32,11 @@ case $PROTOCOL in
   2021) protocol_name="_2021" ;;
   *) echo "error: PROTOCOL takes current and 2021 (got $PROTOCOL)" >&2; exit 2 ;;
 esac
+rom_name=""
+if [[ -n ${ROM_DIR:-} ]]; then
+  check_old_roms $games  # every ROM first: nothing is emitted if one is missing
+  rom_name=_oldrom
+fi
 
 commands() {
   local seed agent net name moe_flags protocol_flags game
@@ -39,12 +49,12 @@ commands() {
       fi
       for net in $NETWORKS; do
         case $net in
-          none) name=${agent}${protocol_name:-_none}_100k moe_flags="--moe none" ;;
-          soft | top1) name=${agent}_${net}_e${EXPERTS}${protocol_name}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
+          none) name=${agent}${protocol_name:-_none}${rom_name}_100k moe_flags="--moe none" ;;
+          soft | top1) name=${agent}_${net}_e${EXPERTS}${protocol_name}${rom_name}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
           *) echo "error: NETWORKS takes none, soft and top1 (got $net)" >&2; exit 2 ;;
         esac
         for game in $games; do
-          echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags$protocol_flags $EXTRA"
+          echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags$protocol_flags$(old_rom_flag "$game") $EXTRA"
         done
       done
     done

@@ -25,8 +25,6 @@ SEEDS=${SEEDS:-"4 5 6 7"}
 RUNS_PER_GPU=${RUNS_PER_GPU:-16}
 source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-"Asterix BankHeist Assault CrazyClimber"}
-OLD_ROM_GAMES="Amidar Assault BankHeist BattleZone DemonAttack Gopher Krull KungFuMaster MsPacman RoadRunner"
-snake() { echo "$1" | sed -E 's/([a-z])([A-Z])/\1_\2/g' | tr '[:upper:]' '[:lower:]'; }  # BankHeist -> bank_heist
 VARIANTS=${VARIANTS:-"2021 fp32 shiftbatch noopframe"}
 
 for variant in $VARIANTS; do
@@ -36,11 +34,9 @@ for variant in $VARIANTS; do
     shiftbatch) emit drq_shiftbatch_100k drq_moe_atari100k.py --moe none --shift-per batch ;;
     noopframe) emit drq_noopframe_100k drq_moe_atari100k.py --moe none --noop-unit frame ;;
     oldrom)
-      for game in ${GAMES:-$OLD_ROM_GAMES}; do  # every ROM first: nothing is emitted if one is missing
-        [ -f "${ROM_DIR:-}/$(snake "$game").bin" ] || { echo "error: VARIANTS=oldrom needs ROM_DIR=<atari-py 0.2.6's atari_roms folder> holding $(snake "$game").bin (got '${ROM_DIR:-}')" >&2; exit 2; }
-      done
+      check_old_roms ${GAMES:-$OLD_ROM_GAMES}  # every ROM first: nothing is emitted if one is missing
       for game in ${GAMES:-$OLD_ROM_GAMES}; do
-        (games=$game; emit drq_oldrom_100k drq_moe_atari100k.py --moe none --rom-file "$(realpath "$ROM_DIR/$(snake "$game").bin")")
+        (games=$game; emit drq_oldrom_100k drq_moe_atari100k.py --moe none$(old_rom_flag "$game"))
       done ;;
     *) echo "error: VARIANTS takes 2021, fp32, shiftbatch, noopframe and oldrom (got $variant)" >&2; exit 2 ;;
   esac

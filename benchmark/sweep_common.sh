@@ -27,6 +27,10 @@ ElevatorAction Enduro FishingDerby Gravitar IceHockey JourneyEscape MontezumaRev
 Pooyan Riverraid Robotank Skiing Solaris SpaceInvaders StarGunner Tennis TimePilot Tutankham Venture VideoPinball
 WizardOfWor YarsRevenge Zaxxon"
 
+# The Atari 100k games whose ROM in atari-py 0.2.6 (the ROMs of the published DER and DrQ(eps) runs,
+# probably) differs from ale-py's (RESULTS.md, "BankHeist: the same emulator, another ROM")
+OLD_ROM_GAMES="Amidar Assault BankHeist BattleZone DemonAttack Gopher Krull KungFuMaster MsPacman RoadRunner"
+
 SEEDS=${SEEDS:-5}
 EXTRA=${EXTRA:-}
 RUNS_DIR=${RUNS_DIR:-runs/sweeps}
@@ -36,6 +40,25 @@ RUNS_PER_GPU=${RUNS_PER_GPU:-2}
 
 seeds() {
   if [[ $SEEDS =~ ^[0-9]+$ ]]; then seq 1 "$SEEDS"; else echo $SEEDS; fi
+}
+
+snake() { echo "$1" | sed -E 's/([a-z])([A-Z])/\1_\2/g' | tr '[:upper:]' '[:lower:]'; }  # BankHeist -> bank_heist
+
+# old_rom_flag GAME: "--rom-file <full path>" for a game of OLD_ROM_GAMES when ROM_DIR is set, else nothing
+old_rom_flag() {
+  [[ -n ${ROM_DIR:-} && " $OLD_ROM_GAMES " == *" $1 "* ]] && echo " --rom-file $(realpath "$ROM_DIR/$(snake "$1").bin")"
+  return 0
+}
+
+# check_old_roms GAME...: fail unless ROM_DIR holds the ROM of each game of OLD_ROM_GAMES among them
+check_old_roms() {
+  local game
+  for game in "$@"; do
+    if [[ " $OLD_ROM_GAMES " == *" $game "* && ! -f "${ROM_DIR:-}/$(snake "$game").bin" ]]; then
+      echo "error: ROM_DIR must be atari-py 0.2.6's atari_roms folder, holding $(snake "$game").bin (got '${ROM_DIR:-}')" >&2
+      exit 2
+    fi
+  done
 }
 
 emit() {

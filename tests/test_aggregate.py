@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import ale_py.roms
 import numpy as np
 import pytest
 import scipy.stats
@@ -20,6 +21,7 @@ from agent_runs import run as run_script
 
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
 import aggregate  # noqa: E402
+import compare_runs  # noqa: E402
 import rank_against_published  # noqa: E402
 
 # (random, human) of DQN Zoo's atari_data.py, typed here from it, not read from the table under test
@@ -433,8 +435,11 @@ def test_a_real_dqn_run_is_aggregated(tmp_path, capsys):
         changed = subprocess.run(["git", "status", "--porcelain", "--", "dqn_moe_atari.py"], cwd=ROOT,
                                  capture_output=True, text=True).stdout.strip()
         assert provenance["code_differs_from_commit"] == bool(changed)
+    with open(ale_py.roms.get_rom_path("breakout"), "rb") as f:  # and the ROM it played
+        assert provenance["rom_md5"] == hashlib.md5(f.read()).hexdigest() and provenance["ale_py"] == ale_py.__version__
     (row,) = read_csv(tmp_path / "out" / "runs.csv")
     assert row["git_commit"] == (commit or "") and row["code_sha256"] == provenance["code_sha256"]
+    assert row["rom_md5"] == provenance["rom_md5"]
     assert aggregate.commit_of(provenance) in out
 
 
@@ -451,6 +456,18 @@ def test_provenance_is_listed_and_not_a_flag(tmp_path, capsys):
     assert status == 0 and "differ in" not in err
     assert "aaaaaaa (1), bbbbbbb with changes (1), sha256 cccccccccccc (1), not recorded (1)" in out
     assert "NVIDIA H100 80GB HBM3 (2), cpu (1), not recorded (1)" in out
+
+
+def test_runs_of_one_game_on_different_roms_are_warned_about(tmp_path, capsys):
+    """Runs of one label and game that played other ROMs (md5) get a warning; other games and runs
+    that recorded no ROM do not."""
+    root = tmp_path / "runs"
+    for seed, md5 in enumerate(["00ce0bdd" + "0" * 24, "83b8c01c" + "0" * 24, None]):
+        write_run(root, "drq", "Pong", seed, [raw("Pong", 0.1)], **({"provenance": {"rom_md5": md5}} if md5 else {}))
+        write_run(root, "drq", "Breakout", seed, [raw("Breakout", 0.1)], provenance={"rom_md5": "1" * 32})
+    status, _, err = run_main(capsys, root, "--out", tmp_path / "out", "--reps", "20")
+    (line,) = [line for line in err.splitlines() if "different ROMs" in line]
+    assert status == 0 and "on Pong played 2 different ROMs (md5 00ce0bdd, 83b8c01c)" in line
 
 
 def test_games_filter_and_wall_clock_axis(tmp_path, capsys):
@@ -476,6 +493,45 @@ def test_games_filter_and_wall_clock_axis(tmp_path, capsys):
     assert os.path.getsize(tmp_path / "out" / "curves.png") > 0
     status, _, err = run_main(capsys, root, "--games", "Zaxxon", "--out", tmp_path / "out2")
     assert status == 2 and "no run is of a game in --games" in err
+
+
+# ---- two sets of our runs, game by game (benchmark/compare_runs.py) ----
+def test_compare_runs_game_by_game(tmp_path, capsys):
+    """A variant whose 4 runs all beat the reference's 3 on a game gets the smallest p that 4
+    against 3 runs allow (2/35), interleaved runs a large one; games outside either set, and
+    unfinished runs, are left out; published runs add each set's percentile among them."""
+    variant, reference = tmp_path / "variant", tmp_path / "reference"
+    for seed in range(4, 8):
+        write_run(variant, "new", "Pong", seed, [1.0], evals=[(100_000, 10.0 + seed)])  # 14..17: above all
+        write_run(variant, "new", "Breakout", seed, [1.0], evals=[(100_000, 2.0 * seed)])  # 8, 10, 12, 14
+    write_run(variant, "new", "Seaquest", 4, [1.0], evals=[(100_000, 1.0)])  # not in the reference
+    write_run(variant, "new", "Pong", 9, [1.0], finished=False)
+    for seed in range(1, 4):
+        write_run(reference, "old", "Pong", seed, [1.0], evals=[(100_000, float(seed))])
+        write_run(reference, "old", "Breakout", seed, [1.0], evals=[(100_000, 7.0 + 2.0 * seed)])  # 9, 11, 13
+    published = tmp_path / "published.json"
+    published.write_text(json.dumps({"Pong": [float(i) for i in range(100)]}))
+    rows = compare_runs.compare(compare_runs.final_scores([str(variant)]), compare_runs.final_scores([str(reference)]),
+                                rank_against_published.load_published(str(published)))
+    by_game = {r["game"]: r for r in rows}
+    assert sorted(by_game) == ["Breakout", "Pong"]
+    pong, breakout = by_game["Pong"], by_game["Breakout"]
+    assert pong["variant_scores"] == [14.0, 15.0, 16.0, 17.0] and pong["reference_mean"] == 2.0
+    assert pong["p_value"] == pytest.approx(2 / 35) and breakout["p_value"] == pytest.approx(
+        scipy.stats.mannwhitneyu([8, 10, 12, 14], [9, 11, 13], method="exact").pvalue)
+    assert breakout["p_value"] > 0.5 and pong["holm_p_value"] == pytest.approx(min(1.0, 2 * 2 / 35))
+    assert pong["variant_percentile"] == pytest.approx(np.mean([14.5, 15.5, 16.5, 17.5]) / 100)
+    assert pong["reference_p_published"] == pytest.approx(
+        rank_against_published.rank_sum_test(np.array([1.0, 2.0, 3.0]), np.arange(100.0)))
+    assert "published_mean" not in breakout
+    out_json = tmp_path / "rows.json"
+    assert compare_runs.main([str(variant), "--against", str(reference), "--published", str(published),
+                              "--out", str(out_json)]) == 0
+    assert "| Pong | 14.0, 15.0, 16.0, 17.0 | 15.5 | 1.0, 2.0, 3.0 | 2.0 | 0.057 |" in capsys.readouterr().out
+    assert len(json.loads(out_json.read_text())) == 2
+    write_run(tmp_path / "other", "x", "Alien", 1, [1.0], evals=[(100_000, 1.0)])
+    assert compare_runs.main([str(variant), "--against", str(tmp_path / "other")]) == 2
+    assert "no game in common" in capsys.readouterr().err
 
 
 # ---- our runs among published runs (benchmark/rank_against_published.py) ----

@@ -1,6 +1,8 @@
 """--num-envs K: K environments stepped together (AtariEnvs), a replay of K interleaved streams
 (FrameReplay's num_streams), and the DQN and Rainbow agents running them."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -163,6 +165,10 @@ def test_rom_file_loads_that_rom_in_every_environment(monkeypatch, tmp_path):
     assert np.array_equal(roll(vector, actions)[-1][0][0], pong[-1][0][0])
     assert dqn.AtariEnvs("ALE/Asterix-v5", 1, 0, False, 400).num_actions == 9
     child.close()
+    pong_md5 = hashlib.md5(rom.read_bytes()).hexdigest()
+    # what a run's config.json records of its ROM
+    assert dqn.rom_provenance("ALE/Breakout-v5") == {"ale_py": dqn.ale_py.__version__, "rom": str(rom), "rom_md5": pong_md5}
+    assert dqn.rom_provenance("ALE/Asterix-v5")["rom_md5"] != pong_md5
 
 
 # ---- the replay ------------------------------------------------------------------------------

@@ -257,6 +257,33 @@ def test_fidelity_sweep_in_the_2021_protocol(tmp_path):
     assert out.returncode != 0 and "PROTOCOL takes current and 2021" in out.stderr
 
 
+def test_fidelity_sweep_from_the_old_roms(tmp_path):
+    """ROM_DIR: the 10 games whose atari-py 0.2.6 ROM differs get --rom-file with their ROM, the
+    others keep ale-py's, every name gets _oldrom; with PROTOCOL=2021 the 2021 flags come too; a
+    missing ROM fails before anything is emitted."""
+    roms = tmp_path / "roms"
+    roms.mkdir()
+    for name in ("bank_heist", "assault"):
+        (roms / f"{name}.bin").write_bytes(b"rom")
+    games = "BankHeist Pong Assault"
+    current = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES=games)
+    old = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES=games, ROM_DIR=str(roms))
+    assert len(old) == len(current) == 18
+    for base, t in zip(current, old):
+        name, game = flag(base, "--exp-name"), flag(base, "--env-id")
+        rom = [] if game == "Pong" else ["--rom-file", str(roms / ("bank_heist.bin" if game == "BankHeist" else "assault.bin"))]
+        assert t == [name.replace("_100k", "_oldrom_100k") if x == name else x for x in base] + rom
+    published = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES="BankHeist", AGENTS="drq", NETWORKS="none",
+                        PROTOCOL="2021", ROM_DIR=str(roms))
+    assert published == [["python", "drq_moe_atari100k.py", "--exp-name", "drq_2021_oldrom_100k", "--env-id", "BankHeist",
+                          "--seed", "1", "--moe", "none", "--shift-per", "batch", "--noop-unit", "frame",
+                          "--rom-file", str(roms / "bank_heist.bin")]]
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_fidelity.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "ROM_DIR": str(roms), "GAMES": "Pong Krull", "RUNS_DIR": str(tmp_path)})
+    assert out.returncode != 0 and "holding krull.bin" in out.stderr and "python" not in out.stdout
+
+
 def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path):
     """The longer runs against Dopamine's curves: DQN and Dopamine's Rainbow (no noisy nets, dueling
     or double DQN), each as the baseline and with Soft MoE-8, 10M frames by default, every game with

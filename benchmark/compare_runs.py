@@ -10,8 +10,8 @@ two-sided exact rank-sum test of the variant's runs against the reference's (the
 rank_against_published.py makes against the published runs; with 4 runs against 3 the smallest
 p it can give is 2/35 = 0.057), with the p-values adjusted over the games (Holm). With --published
 (a JSON file {game: [final score of each published run]}) it adds the published mean and each set's
-mean percentile among the published runs, and the rank-sum test of each set against them.
---out writes the table's rows as JSON."""
+mean percentile among the published runs, and the rank-sum test of each set against them; --plot
+draws each run's percentile there, game by game. --out writes the table's rows as JSON."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from aggregate import UserError, final_score, find_run_dirs, natural_key, read_run, table_key  # noqa: E402
+from aggregate import UserError, final_score, find_run_dirs, natural_key, plt, read_run, save, table_key  # noqa: E402
 from rank_against_published import holm, load_published, percentile_among, rank_sum_test  # noqa: E402
 
 
@@ -58,7 +58,8 @@ def compare(variant: dict[str, dict], reference: dict[str, dict], published: dic
         theirs = None if published is None else published.get(table_key(game))
         if theirs is not None:
             for name, runs in (("variant", ours), ("reference", base)):
-                row[f"{name}_percentile"] = float(np.mean([percentile_among(s, theirs) for s in runs]))
+                row[f"{name}_percentiles"] = [percentile_among(s, theirs) for s in runs]
+                row[f"{name}_percentile"] = float(np.mean(row[f"{name}_percentiles"]))
                 row[f"{name}_p_published"] = rank_sum_test(runs, theirs)
             row["published_mean"] = float(theirs.mean())
         rows.append(row)
@@ -92,16 +93,43 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def plot_percentiles(rows: list[dict], names: list[str], path: str) -> None:
+    """Each run's percentile among the published runs of its game, a row per game, the two sets
+    side by side: if a set is the published agent, its points spread evenly over 0..1."""
+    rows = [r for r in rows if "published_mean" in r][::-1]  # first game on top
+    if not rows:
+        raise UserError("--plot needs --published runs of the games compared")
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for i, r in enumerate(rows):
+        for key, offset, marker, color, name in (("reference", 0.12, "o", "tab:blue", names[1]),
+                                                 ("variant", -0.12, "s", "tab:orange", names[0])):
+            ax.plot(r[f"{key}_percentiles"], [i + offset] * len(r[f"{key}_percentiles"]), marker, color=color, ms=6,
+                    alpha=0.85, label=name if i == 0 else None)
+    ax.axvline(0.5, color="0.6", ls="--", lw=1)
+    ax.set_yticks(range(len(rows)), [r["game"] for r in rows])
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("percentile among the published runs of the game (one point per run)")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize="small", frameon=False)
+    save(fig, path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders of the variant (searched recursively)")
     parser.add_argument("--against", nargs="+", required=True, help="run folders of the reference")
     parser.add_argument("--published", help="JSON {game: [final score of each published run]}")
     parser.add_argument("--out", help="JSON file of the table's rows")
+    parser.add_argument("--plot", help="PNG file: each run's percentile among the published runs (needs --published)")
+    parser.add_argument("--names", nargs=2, default=["variant", "reference"], metavar=("VARIANT", "REFERENCE"),
+                        help="the two sets' names in the plot")
     args = parser.parse_args(argv)
     try:
         published = load_published(args.published) if args.published else None
+        if args.plot and published is None:
+            raise UserError("--plot draws percentiles among the published runs: pass --published too")
         rows = compare(final_scores(args.runs), final_scores(args.against), published)
+        if args.plot:
+            plot_percentiles(rows, args.names, args.plot)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -529,6 +529,10 @@ def test_compare_runs_game_by_game(tmp_path, capsys):
                               "--out", str(out_json)]) == 0
     assert "| Pong | 14.0, 15.0, 16.0, 17.0 | 15.5 | 1.0, 2.0, 3.0 | 2.0 | 0.057 |" in capsys.readouterr().out
     assert len(json.loads(out_json.read_text())) == 2
+    assert compare_runs.main([str(variant), "--against", str(reference), "--published", str(published),
+                              "--plot", str(tmp_path / "p.png")]) == 0 and (tmp_path / "p.png").stat().st_size > 0
+    assert compare_runs.main([str(variant), "--against", str(reference), "--plot", str(tmp_path / "q.png")]) == 2
+    assert "pass --published too" in capsys.readouterr().err
     write_run(tmp_path / "other", "x", "Alien", 1, [1.0], evals=[(100_000, 1.0)])
     assert compare_runs.main([str(variant), "--against", str(tmp_path / "other")]) == 2
     assert "no game in common" in capsys.readouterr().err

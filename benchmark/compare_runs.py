@@ -28,7 +28,7 @@ from rank_against_published import holm, load_published, percentile_among, rank_
 
 
 def final_scores(roots: list[str]) -> dict[str, dict]:
-    """{game: {seed: final score}} of the finished runs under `roots`, with their experiment names."""
+    """{game: {seed: final score}} of the finished runs under `roots` (one run per game and seed)."""
     scores: dict[str, dict] = {}
     for path in find_run_dirs(roots):
         run = read_run(path)
@@ -53,6 +53,7 @@ def compare(variant: dict[str, dict], reference: dict[str, dict], published: dic
                       for s in (variant[game], reference[game]))
         row = {"game": game, "variant_seeds": sorted(variant[game], key=lambda x: natural_key(str(x))),
                "variant_scores": ours.tolist(), "variant_mean": float(ours.mean()),
+               "reference_seeds": sorted(reference[game], key=lambda x: natural_key(str(x))),
                "reference_scores": base.tolist(), "reference_mean": float(base.mean()),
                "p_value": rank_sum_test(ours, base)}
         theirs = None if published is None else published.get(table_key(game))

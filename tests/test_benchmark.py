@@ -239,3 +239,25 @@ def test_official_equivalence_maps_every_parameter(agent):
             assert len({official for official, _ in names.values()}) == len(names)
             for name, (_, layout) in names.items():
                 assert params[name].dim() == {"conv": 4, "dense": 2}.get(layout, params[name].dim()), name
+
+
+def test_flicker_check_finds_objects_drawn_on_one_phase(tmp_path):
+    """benchmark/flicker_check.py: a moving sprite drawn on even frames only gives its band a
+    period-2 (and period-4) flicker index of 2 and a period-3 one near 0; one drawn on every frame
+    gives 0; a real game's report is written."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import flicker_check
+    import numpy as np
+    frames = np.zeros((240, 40, 40), np.uint8)
+    for t in range(240):
+        x = 4 + (t // 2 % 30)  # both sprites move: no pixel is covered most of the time
+        if t % 2 == 0:
+            frames[t, 2:6, x:x + 4] = 200  # top band: flickers
+        frames[t, 30:34, x:x + 4] = 200  # bottom band: always drawn
+    top, bottom = flicker_check.band_report(flicker_check.foreground(frames, 10.0), [2, 3, 4], bands=2)
+    assert top["flicker_index"]["2"] == pytest.approx(2.0) and top["flicker_index"]["4"] == pytest.approx(2.0)
+    assert top["flicker_index"]["3"] == pytest.approx(0.0, abs=1e-9)
+    assert all(v == pytest.approx(0.0, abs=1e-9) for v in bottom["flicker_index"].values())
+    assert flicker_check.main(["--game", "Pong", "--frames", "200", "--out", str(tmp_path / "f.json")]) == 0
+    report = json.load(open(tmp_path / "f.json"))
+    assert report["frames"] == 200 and len(report["bands"]) == 8

@@ -116,6 +116,12 @@ class Args:
     """exploration epsilon during evaluation"""
     eval_expert_noise: bool = True
     """keep the experts' noise on in evaluation, as the official code does (the heads' is always off)"""
+    save_model: bool = False
+    """after training, write the network's weights to model.pt in the run folder (for --eval-model)"""
+    eval_model: Optional[str] = None
+    """evaluate this model.pt (or a run's checkpoint.pt) instead of training: one evaluation of
+    --eval-episodes episodes under this command's protocol flags (--noop-unit, --eval-epsilon,
+    --seed, ...), the network flags being the model's own; recorded as a finished run's score"""
     long_schedule: bool = False
     """figures 12/16: 12.5M agent steps (50M frames), an evaluation every 250k; overrides --total-steps and --eval-every"""
 
@@ -1429,7 +1435,7 @@ def load_checkpoint(path: str) -> dict:
 # Flags that may differ between a run and its resumption; every other one must match.
 RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
                    "capture_video", "device", "cudagraphs", "compile", "triton_convs", "tf32", "log_every", "runs_dir",
-                   "exp_name", "emulator_process"}
+                   "exp_name", "emulator_process", "save_model"}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
@@ -2158,6 +2164,31 @@ def validate_atari100k_args(args: Args) -> None:
         fail("--noop-unit frame takes the no-ops in the one environment's emulator: use it with --num-envs 1")
     if args.shift_per != "sample" and not args.data_augmentation:
         fail(f"--shift-per {args.shift_per} sets DrQ's augmentation: use it with --data-augmentation")
+    if args.eval_model is not None:
+        if not os.path.isfile(args.eval_model):
+            fail(f"--eval-model {args.eval_model}: no such file; pass a run's model.pt (--save-model) or checkpoint.pt")
+        if args.resume or not args.eval_episodes:
+            fail("--eval-model evaluates a trained network: use it without --resume and with --eval-episodes above 0")
+
+
+def load_model(path: str, env_id: str, args, q_net: nn.Module) -> int:
+    """Load a saved network (model.pt or checkpoint.pt) into `q_net` for --eval-model and return
+    the agent steps it was trained for. The game must be the model's; a network of other flags
+    fails with the flags that differ."""
+    saved = load_checkpoint(path)
+    if "q_net" not in saved or "args" not in saved:
+        fail(f"--eval-model {path} holds no network: pass a run's model.pt (--save-model) or checkpoint.pt")
+    trained_on = saved.get("env_id", resolve_env_id(saved["args"].get("env_id", "")))
+    if trained_on != env_id:
+        fail(f"--eval-model {path} was trained on {trained_on}: pass --env-id {trained_on}")
+    try:
+        q_net.load_state_dict(saved["q_net"])
+    except RuntimeError:
+        differ = sorted(k for k, v in saved["args"].items() if k in dataclasses.asdict(args)
+                        and k not in RESUMABLE_FLAGS and getattr(args, k) != (tuple(v) if isinstance(v, list) else v))
+        fail(f"--eval-model {path} holds a network of other flags: pass the flags it was trained with "
+             f"(these differ: {', '.join('--' + k.replace('_', '-') for k in differ[:8]) or 'none of the flags'})")
+    return int(saved["step"]) if "step" in saved else int(saved["loop"]["step"])
 
 
 def crossed(previous: int, step: int, every: int) -> bool:
@@ -2403,10 +2434,15 @@ def main(args: Args) -> str:
             if target_net is not q_net and s % args.target_update_period == 0:
                 target_net.load_state_dict(q_net.state_dict())
 
+    if args.eval_model:  # no training: one evaluation of the saved network, this command's protocol
+        step = load_model(args.eval_model, env_id, args, q_net)
+        print(f"evaluating {args.eval_model} ({step:,} agent steps of training) on {env_id}", flush=True)
+        last_eval_return = run_evaluation()
+    else:
+        print(f"{'resuming' if checkpoint else 'training'} {env_id} ({num_actions} actions, {K} env{'s' * (K > 1)}) on "
+              f"{device}: {sum(p.numel() for p in q_net.parameters()):,} parameters, run folder {run_dir}", flush=True)
     sps_mark = (step, time.time())
-    print(f"{'resuming' if checkpoint else 'training'} {env_id} ({num_actions} actions, {K} env{'s' * (K > 1)}) on {device}: "
-          f"{sum(p.numel() for p in q_net.parameters()):,} parameters, run folder {run_dir}", flush=True)
-    while step < args.total_steps:
+    while step < args.total_steps and not args.eval_model:
         # --- act: epsilon-greedy where an agent step is due; an environment whose episode ended
         # restarts instead (its row holds the frame the episode ended on), one in its episode's
         # no-op start takes a NOOP ---
@@ -2493,6 +2529,9 @@ def main(args: Args) -> str:
         if (args.checkpoint_every and crossed(previous, step, args.checkpoint_every)) or done:
             stop_if_nonfinite()
             save_checkpoint(ckpt_path, checkpoint_state())
+    if args.save_model and not args.eval_model:
+        save_checkpoint(os.path.join(run_dir, "model.pt"), {"args": dataclasses.asdict(args), "env_id": env_id,
+                                                            "step": step, "q_net": q_net.state_dict()})
 
     logger.record({"final": True, "step": step, "frames": 4 * step, "env_id": env_id, "game": game,
                    "agent": AGENT, "moe": args.moe, "num_experts": args.num_experts, "seed": args.seed,

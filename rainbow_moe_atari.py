@@ -68,6 +68,8 @@ class Args:
     """agent steps between two reads of the losses and SPS (the only host reads of the loss)"""
     checkpoint_every: int = 0
     """agent steps between two checkpoints (0: only at the end of training)"""
+    save_model: bool = False
+    """after training, write the network's weights to model.pt in the run folder"""
     resume: Optional[str] = None
     """a run folder to resume from its checkpoint (pass the same flags as the run had)"""
 
@@ -1396,7 +1398,7 @@ def load_checkpoint(path: str) -> dict:
 # Flags that may differ between a run and its resumption; every other one must match.
 RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
                    "capture_video", "device", "cudagraphs", "compile", "triton_convs", "tf32", "log_every", "runs_dir",
-                   "exp_name", "emulator_process"}
+                   "exp_name", "emulator_process", "save_model"}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
@@ -2297,6 +2299,9 @@ def main(args: Args) -> str:
         if crossed(previous, step, args.checkpoint_every) or done:
             stop_if_nonfinite()
             save_checkpoint(ckpt_path, checkpoint_state())
+    if args.save_model:
+        save_checkpoint(os.path.join(run_dir, "model.pt"), {"args": dataclasses.asdict(args), "env_id": env_id,
+                                                            "step": step, "q_net": q_net.state_dict()})
 
     logger.record({"final": True, "step": step, "frames": 4 * step, "env_id": env_id, "game": game,
                    "agent": "rainbow", "moe": args.moe, "num_experts": args.num_experts, "seed": args.seed,

@@ -223,7 +223,35 @@ def test_long_schedule_sets_50m_frames(tmp_path):
     assert config["total_steps"] == 12_500_000 and config["eval_every"] == 250_000
 
 
+def test_a_saved_model_is_evaluated_again_under_other_protocol_flags(tmp_path):
+    """--save-model writes the trained network; --eval-model with the run's own flags repeats the
+    run's final evaluation episode for episode, without training, as a finished run of its own;
+    with --noop-unit frame it evaluates the same network under the 2021 no-op starts; a model of
+    another game or of other network flags fails in one line that says what to pass."""
+    trained = finished_run(DRQ, ["--total-steps", "300", "--save-model"], tmp_path / "train")
+    model = os.path.join(trained, "model.pt")
+    saved = torch.load(model, weights_only=False)
+    assert saved["step"] == 300 and saved["env_id"] == "ALE/Breakout-v5"
+    assert all(torch.equal(saved["q_net"][k], v) for k, v in checkpoint(trained)["q_net"].items())
+    (first,) = [r for r in records(trained) if r.get("eval")]
+    again = finished_run(DRQ, ["--eval-model", model], tmp_path / "again")
+    recs = records(again)
+    (ev,) = [r for r in recs if r.get("eval")]
+    assert ev["step"] == 300 and ev["eval_returns"] == first["eval_returns"] and ev["eval_lengths"] == first["eval_lengths"]
+    assert not [r for r in recs if "iteration" in r] and recs[-1]["final"] and recs[-1]["score"] == first["eval_return"]
+    assert not os.path.exists(os.path.join(again, "checkpoint.pt"))
+    assert json.load(open(os.path.join(again, "config.json")))["eval_model"] == model
+    frames = finished_run(DRQ, ["--eval-model", model, "--noop-unit", "frame"], tmp_path / "frames")
+    (ev,) = [r for r in records(frames) if r.get("eval")]
+    assert ev["eval_episodes"] == 2 and ev["eval_lengths"] != first["eval_lengths"]
+    assert_one_line_error(run("drq_moe_atari100k.py", [*TINY, "--env-id", "Pong", "--eval-model", model], tmp_path),
+                          "was trained on ALE/Breakout-v5")
+    assert_one_line_error(run("drq_moe_atari100k.py", [*TINY, "--num-experts", "4", "--eval-model", model], tmp_path),
+                          "--num-experts")
+
+
 @pytest.mark.parametrize("flags, needle", [
+    (["--eval-model", "/no/model.pt"], "no such file"),
     (["--eval-episodes", "-1"], "--eval-episodes"),
     (["--eval-epsilon", "2"], "--eval-epsilon"),
     (["--max-noops", "-3"], "--max-noops"),

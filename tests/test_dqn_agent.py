@@ -24,7 +24,7 @@ def run(args, runs_dir, timeout=300, env=None):
 def finished_run(tmp_path_factory):
     """400 agent steps of Soft MoE DQN on Pong: 100 of random acting, then learning."""
     runs = tmp_path_factory.mktemp("runs")
-    proc = run([*TINY, "--total-frames", "1600"], runs)
+    proc = run([*TINY, "--total-frames", "1600", "--save-model"], runs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return only_run_dir(runs)
 
@@ -46,6 +46,10 @@ def test_end_to_end_run_writes_its_outputs(finished_run):
     # one replay row per agent step, plus one holding the final frame of each finished episode
     assert ckpt["loop"]["step"] == 400 and ckpt["replay"]["added"] == 400 + sum(r["episodes"] for r in iterations)
     assert all(torch.isfinite(p).all() for p in ckpt["q_net"].values())
+    model = torch.load(os.path.join(finished_run, "model.pt"), weights_only=False)  # --save-model
+    assert model["step"] == 400 and model["env_id"] == "ALE/Pong-v5" and model["args"]["num_experts"] == 4
+    assert model["q_net"].keys() == ckpt["q_net"].keys()
+    assert all(torch.equal(model["q_net"][k], v) for k, v in ckpt["q_net"].items())
 
 
 def test_other_flags_run(tmp_path):

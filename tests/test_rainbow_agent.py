@@ -1,6 +1,9 @@
 """rainbow_moe_atari.py as a user runs it: real ALE games on the CPU, tiny networks, few steps."""
 
+import os
+
 import pytest
+import torch
 
 from agent_runs import assert_one_line_error, assert_same_run, checkpoint, kill_after_first_checkpoint, only_run_dir, records
 from agent_runs import run as run_script
@@ -17,12 +20,14 @@ def run(args, runs_dir, timeout=300):
 
 def test_end_to_end_run(tmp_path):
     """Full Rainbow (C51, PER, 3-step, noisy, dueling, double) with a Soft MoE learns for 300 steps."""
-    proc = run([*TINY, "--total-frames", "1600"], tmp_path)
+    proc = run([*TINY, "--total-frames", "1600", "--save-model"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     recs = records(run_dir)
     assert recs[-1]["final"] and recs[-1]["agent"] == "rainbow" and [r["step"] for r in recs[:-1]] == [200, 400]
     ckpt = checkpoint(run_dir)
+    model = torch.load(os.path.join(run_dir, "model.pt"), weights_only=False)  # --save-model: the final weights
+    assert model["step"] == 400 and all(torch.equal(model["q_net"][k], v) for k, v in ckpt["q_net"].items())
     prio = ckpt["replay"]["priorities"]
     assert len(prio) == ckpt["replay"]["added"]
     assert (prio != 1.0).sum() > 0  # updates changed priorities away from the initial maximum

@@ -13,6 +13,13 @@
 #               the same emulator, another ROM"); not in the default VARIANTS. The ROMs are not in
 #               this repository: `pip download --no-binary :all: --no-deps atari-py==0.2.6`, unpack,
 #               ROM_DIR=atari-py-0.2.6/atari_py/atari_roms
+#   savemodel   the current protocol and --noop-unit frame, each with --save-model (the trained
+#               network kept as model.pt): drq_savestep_100k, drq_saveframe_100k
+#   swapeval    every finished savemodel run's network evaluated again under the other no-op unit
+#               (--eval-model, no training): drq_savestep_evalframe_100k, drq_saveframe_evalstep_100k.
+#               With the training runs' own final evaluations, a 2 x 2 of training and evaluation
+#               protocols: does the no-op unit move Asterix through training or evaluation? Run it
+#               after savemodel has finished (it emits commands for the runs it finds)
 # on seeds 4-7, which the sweep does not use. The sweep's seeds 1-3 are the reference. 2021 and
 # fp32 on Asterix and BankHeist ran first (16 runs, committed in results/atari100k_protocol_probe).
 #   bash benchmark/atari100k_protocol_probe.sh --dry-run
@@ -38,6 +45,20 @@ for variant in $VARIANTS; do
       for game in ${GAMES:-$OLD_ROM_GAMES}; do
         (games=$game; emit drq_oldrom_100k drq_moe_atari100k.py --moe none$(old_rom_flag "$game"))
       done ;;
-    *) echo "error: VARIANTS takes 2021, fp32, shiftbatch, noopframe and oldrom (got $variant)" >&2; exit 2 ;;
+    savemodel)
+      emit drq_savestep_100k drq_moe_atari100k.py --moe none --save-model
+      emit drq_saveframe_100k drq_moe_atari100k.py --moe none --noop-unit frame --save-model ;;
+    swapeval)
+      found=0
+      for model in $(ls "$RUNS_DIR/$SWEEP"/drq_save{step,frame}_100k__*/*/model.pt 2>/dev/null); do
+        run=$(basename "$(dirname "$(dirname "$model")")")  # <exp-name>__<game>__s<seed>__<hash>
+        IFS=' ' read -r trained game seed <<< "$(echo "$run" | sed -E 's/^(.*)__(.*)__s([^_]*)__[^_]*$/\1 \2 \3/')"
+        [[ " $games " == *" $game "* && " $(seeds | tr '\n' ' ') " == *" $seed "* ]] || continue
+        if [[ $trained == drq_savestep_100k ]]; then name=drq_savestep_evalframe_100k unit=frame; else name=drq_saveframe_evalstep_100k unit=step; fi
+        echo "python drq_moe_atari100k.py --exp-name $name --env-id $game --seed $seed --moe none --noop-unit $unit --eval-model $(realpath "$model") $EXTRA"
+        found=1
+      done
+      [[ $found == 1 ]] || { echo "error: VARIANTS=swapeval found no finished savemodel run of these games and seeds in $RUNS_DIR/$SWEEP: run VARIANTS=savemodel first" >&2; exit 2; } ;;
+    *) echo "error: VARIANTS takes 2021, fp32, shiftbatch, noopframe, oldrom, savemodel and swapeval (got $variant)" >&2; exit 2 ;;
   esac
 done | launch "$@"

@@ -209,7 +209,7 @@ def test_protocol_probe_is_the_fidelity_sweeps_command_with_flags_added(tmp_path
     assert len(first) == 16 and {shlex.join(t) for t in first} <= committed
     out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_protocol_probe.sh"), "--dry-run"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "VARIANTS": "2022"})
-    assert out.returncode != 0 and "VARIANTS takes 2021, fp32, shiftbatch, noopframe and oldrom" in out.stderr
+    assert out.returncode != 0 and "VARIANTS takes 2021, fp32, shiftbatch, noopframe, oldrom, savemodel and swapeval" in out.stderr
 
 
 def test_protocol_probe_runs_the_games_from_atari_py_roms(tmp_path):
@@ -235,6 +235,37 @@ def test_protocol_probe_runs_the_games_from_atari_py_roms(tmp_path):
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "VARIANTS": "oldrom", "ROM_DIR": str(tmp_path), "RUNS_DIR": str(tmp_path)})
     assert out.returncode != 0 and "holding krull.bin" in out.stderr
+
+
+def test_protocol_probe_swaps_the_no_op_unit_between_training_and_evaluation(tmp_path):
+    """VARIANTS=savemodel: both no-op units with --save-model; VARIANTS=swapeval: one command per
+    finished savemodel run of the games and seeds asked for, evaluating its model.pt (full path)
+    under the other unit with the training run's seed; each parses and passes the agent's checks;
+    with no such run it fails and says to run savemodel first."""
+    saved = dry_run("atari100k_protocol_probe.sh", tmp_path, VARIANTS="savemodel", GAMES="Asterix")
+    assert [(flag(t, "--exp-name"), flag(t, "--seed")) for t in saved] == (
+        [("drq_savestep_100k", s) for s in "4567"] + [("drq_saveframe_100k", s) for s in "4567"])
+    assert all(t[-1] == "--save-model" for t in saved) and all(flag(t, "--noop-unit") == "frame" for t in saved[4:])
+    probe = tmp_path / "atari100k_protocol_probe"
+    models = {}
+    for trained, game, seed in [("drq_savestep_100k", "Asterix", 4), ("drq_saveframe_100k", "Asterix", 6),
+                                ("drq_savestep_100k", "Pong", 4), ("drq_savestep_100k", "Asterix", 9)]:
+        run = probe / f"{trained}__{game}__s{seed}__0123abcd" / f"{game}__{trained}__none4__{seed}__1"
+        run.mkdir(parents=True)
+        (run / "model.pt").write_bytes(b"weights")
+        models[(trained, game, seed)] = str(run / "model.pt")
+    swapped = dry_run("atari100k_protocol_probe.sh", tmp_path, VARIANTS="swapeval", GAMES="Asterix")
+    assert sorted((flag(t, "--exp-name"), flag(t, "--seed"), flag(t, "--noop-unit"), flag(t, "--eval-model"))
+                  for t in swapped) == [
+        ("drq_saveframe_evalstep_100k", "6", "step", models[("drq_saveframe_100k", "Asterix", 6)]),
+        ("drq_savestep_evalframe_100k", "4", "frame", models[("drq_savestep_100k", "Asterix", 4)])]
+    module = load_agent("drq_moe_atari100k.py")
+    for t in swapped:
+        module.validate_atari100k_args(tyro.cli(module.Args, args=t[2:]))
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_protocol_probe.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "VARIANTS": "swapeval", "GAMES": "Breakout", "RUNS_DIR": str(tmp_path)})
+    assert out.returncode != 0 and "run VARIANTS=savemodel first" in out.stderr
 
 
 def test_fidelity_sweep_in_the_2021_protocol(tmp_path):

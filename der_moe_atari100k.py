@@ -119,7 +119,7 @@ class Args:
     eval_model: Optional[str] = None
     """evaluate this model.pt (or a run's checkpoint.pt) instead of training: one evaluation of
     --eval-episodes episodes under this command's protocol flags (--noop-unit, --eval-epsilon,
-    --seed, ...), the network flags being the model's own; recorded as a finished run's score"""
+    --seed, ...) and the network flags it was trained with; recorded as a finished run's score"""
     long_schedule: bool = False
     """figures 12/16: 12.5M agent steps (50M frames), an evaluation every 250k; overrides --total-steps and --eval-every"""
 
@@ -2176,16 +2176,16 @@ def load_model(path: str, env_id: str, args, q_net: nn.Module) -> int:
     saved = load_checkpoint(path)
     if "q_net" not in saved or "args" not in saved:
         fail(f"--eval-model {path} holds no network: pass a run's model.pt (--save-model) or checkpoint.pt")
-    trained_on = saved.get("env_id", resolve_env_id(saved["args"].get("env_id", "")))
+    trained_on = resolve_env_id(saved["args"]["env_id"])
     if trained_on != env_id:
         fail(f"--eval-model {path} was trained on {trained_on}: pass --env-id {trained_on}")
     try:
         q_net.load_state_dict(saved["q_net"])
     except RuntimeError:
-        differ = sorted(k for k, v in saved["args"].items() if k in dataclasses.asdict(args)
-                        and k not in RESUMABLE_FLAGS and getattr(args, k) != (tuple(v) if isinstance(v, list) else v))
+        differ = sorted(k for k, v in saved["args"].items() if hasattr(args, k) and k not in RESUMABLE_FLAGS
+                        and k != "eval_model" and getattr(args, k) != (tuple(v) if isinstance(v, list) else v))
         fail(f"--eval-model {path} holds a network of other flags: pass the flags it was trained with "
-             f"(these differ: {', '.join('--' + k.replace('_', '-') for k in differ[:8]) or 'none of the flags'})")
+             f"(these differ from its run's: {', '.join('--' + k.replace('_', '-') for k in differ[:8]) or 'none'})")
     return int(saved["step"]) if "step" in saved else int(saved["loop"]["step"])
 
 

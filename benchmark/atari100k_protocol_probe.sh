@@ -19,7 +19,10 @@
 #               (--eval-model, no training): drq_savestep_evalframe_100k, drq_saveframe_evalstep_100k.
 #               With the training runs' own final evaluations, a 2 x 2 of training and evaluation
 #               protocols: does the no-op unit move Asterix through training or evaluation? Run it
-#               after savemodel has finished (it emits commands for the runs it finds)
+#               after savemodel has finished (it emits commands for the runs it finds). One launcher
+#               holds a sweep folder: while the savemodel runs' launcher still has others queued,
+#               take swapeval's commands with --dry-run and run them with benchmark/launch.py
+#               --sweep-dir <a folder of their own> --commands <file> (as on 2026-12-02)
 # on seeds 4-7, which the sweep does not use. The sweep's seeds 1-3 are the reference. 2021 and
 # fp32 on Asterix and BankHeist ran first (16 runs, committed in results/atari100k_protocol_probe).
 #   bash benchmark/atari100k_protocol_probe.sh --dry-run

@@ -1,11 +1,13 @@
 """The speed benchmark keeps running (CPU smoke: tiny sizes; the real numbers come from a GPU)."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from agent_runs import fake_mps_control
 
@@ -261,3 +263,37 @@ def test_flicker_check_finds_objects_drawn_on_one_phase(tmp_path):
     assert flicker_check.main(["--game", "Pong", "--frames", "200", "--out", str(tmp_path / "f.json")]) == 0
     report = json.load(open(tmp_path / "f.json"))
     assert report["frames"] == 200 and len(report["bands"]) == 8
+
+
+def test_noop_sensitivity_plays_each_start_delay(tmp_path):
+    """benchmark/noop_sensitivity.py: a delay of 0 frames starts from the reset's own observation;
+    a greedy policy on the deterministic emulator plays the same episode from the same delay
+    whatever the emulator's seed; the runners' scores are the means over their 30 delays."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import noop_sensitivity
+    import numpy as np
+    import drq_moe_atari100k as drq
+    env = drq.make_env(drq.resolve_env_id("Pong"), 0, False, 2000)
+    first, _ = env.reset(seed=3)
+    assert np.array_equal(noop_sensitivity.delayed_start(env, 3, 0), first)
+    later = noop_sensitivity.delayed_start(env, 3, 200)
+    assert later.shape == (84, 84) and not np.array_equal(later, first)  # Pong's ball is served by then
+    env.close()
+
+    args = drq.Args(env_id="Pong", moe="none", max_episode_frames=400)  # 100 agent steps at most
+    torch.manual_seed(0)
+    q_net = drq.RainbowNetwork(args, 6)
+    drq.save_checkpoint(str(tmp_path / "model.pt"), {"args": dataclasses.asdict(args), "env_id": "ALE/Pong-v5",
+                                                     "step": 0, "q_net": q_net.state_dict()})
+    out = tmp_path / "n.json"
+    argv = ["--model", str(tmp_path / "model.pt"), "--delays", "0", "5", "--episodes", "2", "--epsilon", "0"]
+    assert noop_sensitivity.main([*argv, "--out", str(out), "--plot", str(tmp_path / "n.png")]) == 0
+    report = json.load(open(out))
+    assert os.path.getsize(tmp_path / "n.png") > 0
+    by_delay = report["returns_by_delay"]
+    assert set(by_delay) == {"0", "5"} and all(len(r) == 2 and r[0] == r[1] for r in by_delay.values())
+    assert report["lengths"][0] == report["lengths"][1] > 0
+
+    means = noop_sensitivity.protocol_means({d: [float(d)] for d in range(120)})
+    assert means["frames_0_29"] == pytest.approx(14.5) and means["steps_0_29"] == pytest.approx(58.0)
+    assert means["phase_1"] == pytest.approx(np.mean(range(1, 120, 4)))

@@ -63,15 +63,17 @@ def delayed_start(env, seed: int, delay: int) -> np.ndarray:
 
 
 def play(q_net, envs: list, seeds: list[int], delays: list[int], epsilon: float, terminal_on_life_loss: bool,
-         rng: np.random.Generator) -> tuple[list[float], list[int]]:
+         rng: np.random.Generator, early_steps: int = 25) -> tuple[list[float], list[int], list[float]]:
     """One episode per environment, stepped together: environment i starts after `delays[i]` frames.
-    Returns each episode's return and length in agent steps."""
+    Returns each episode's return, its length in agent steps, and its return over the first
+    `early_steps` agent steps."""
     n = len(envs)
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
     for i, env in enumerate(envs):
         stacks[i, -1] = delayed_start(env, seeds[i], delays[i])
     lives = np.array([env.unwrapped.ale.lives() for env in envs])
     returns, lengths, done = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    early = np.zeros(n)
     num_actions = int(envs[0].action_space.n)
     while not done.all():
         with torch.no_grad():
@@ -81,6 +83,7 @@ def play(q_net, envs: list, seeds: list[int], delays: list[int], epsilon: float,
         for i in np.flatnonzero(~done):
             screen, reward, terminated, truncated, info = envs[i].step(int(actions[i]))
             returns[i] += reward
+            early[i] += reward if lengths[i] < early_steps else 0.0
             lengths[i] += 1
             stacks[i, :-1] = stacks[i, 1:]
             stacks[i, -1] = screen
@@ -88,7 +91,7 @@ def play(q_net, envs: list, seeds: list[int], delays: list[int], epsilon: float,
                 stacks[i, :-1] = 0
             lives[i] = info["lives"]
             done[i] = terminated or truncated
-    return returns.tolist(), lengths.tolist()
+    return returns.tolist(), lengths.tolist(), early.tolist()
 
 
 def protocol_means(by_delay: dict[int, list[float]]) -> dict:
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start delays in emulator frames (default 0-119: both runners' starts)")
     parser.add_argument("--episodes", type=int, default=2, help="episodes per delay (the emulator seeds differ)")
     parser.add_argument("--epsilon", type=float, default=None, help="default: the run's --eval-epsilon")
+    parser.add_argument("--early-steps", type=int, default=25,
+                        help="also record each episode's return over its first this many agent steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="JSON file of the returns by delay and the summary")
@@ -154,22 +159,28 @@ def main(argv: list[str] | None = None) -> int:
     delays = [d for d in opts.delays for _ in range(opts.episodes)]
     seeds = [opts.seed * 100_003 + i for i in range(len(delays))]
     envs = [agent.make_env(env_id, s, False, args.max_episode_frames) for s in seeds]
-    returns, lengths = play(q_net, envs, seeds, delays, epsilon, args.terminal_on_life_loss,
-                            np.random.default_rng(opts.seed))
+    returns, lengths, early = play(q_net, envs, seeds, delays, epsilon, args.terminal_on_life_loss,
+                                   np.random.default_rng(opts.seed), opts.early_steps)
     for env in envs:
         env.close()
     by_delay: dict[int, list[float]] = {}
-    for d, r in zip(delays, returns):
+    early_by_delay: dict[int, list[float]] = {}
+    for d, r, e in zip(delays, returns, early):
         by_delay.setdefault(d, []).append(r)
+        early_by_delay.setdefault(d, []).append(e)
     summary = protocol_means(by_delay)
     print(f"{env_id}, {opts.model}: epsilon {epsilon}, {opts.episodes} episode(s) per delay")
-    print("| start delay (frames) | returns |\n|---|---|")
+    print(f"| start delay (frames) | mean return | returns | mean return of the first {opts.early_steps} agent steps |")
+    print("|---|---|---|---|")
     for d in sorted(by_delay):
-        print(f"| {d} | {', '.join(f'{r:.0f}' for r in by_delay[d])} |")
+        print(f"| {d} | {np.mean(by_delay[d]):.1f} | {', '.join(f'{r:.0f}' for r in by_delay[d])} | "
+              f"{np.mean(early_by_delay[d]):.1f} |")
     for name, value in summary.items():
         print(f"{name}: {value:.1f}")
     report = {"model": opts.model, "env_id": env_id, "epsilon": epsilon, "seed": opts.seed,
               "returns_by_delay": {str(d): r for d, r in sorted(by_delay.items())},
+              "early_steps": opts.early_steps,
+              "early_returns_by_delay": {str(d): r for d, r in sorted(early_by_delay.items())},
               "lengths": lengths, "delays": delays, "summary": summary}
     if opts.out:
         with open(opts.out, "w") as f:

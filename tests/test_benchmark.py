@@ -286,13 +286,19 @@ def test_noop_sensitivity_plays_each_start_delay(tmp_path):
     drq.save_checkpoint(str(tmp_path / "model.pt"), {"args": dataclasses.asdict(args), "env_id": "ALE/Pong-v5",
                                                      "step": 0, "q_net": q_net.state_dict()})
     out = tmp_path / "n.json"
-    argv = ["--model", str(tmp_path / "model.pt"), "--delays", "0", "5", "--episodes", "2", "--epsilon", "0"]
+    argv = ["--model", str(tmp_path / "model.pt"), "--delays", "0", "5", "--episodes", "2", "--epsilon", "0",
+            "--early-steps", "1000"]  # longer than any episode here: the early return is the whole return
     assert noop_sensitivity.main([*argv, "--out", str(out), "--plot", str(tmp_path / "n.png")]) == 0
     report = json.load(open(out))
     assert os.path.getsize(tmp_path / "n.png") > 0
     by_delay = report["returns_by_delay"]
     assert set(by_delay) == {"0", "5"} and all(len(r) == 2 and r[0] == r[1] for r in by_delay.values())
     assert report["lengths"][0] == report["lengths"][1] > 0
+    assert report["early_returns_by_delay"] == by_delay
+    env = drq.make_env("ALE/Pong-v5", 0, False, 400)
+    _, _, early = noop_sensitivity.play(q_net.eval(), [env], [0], [0], 0.0, True, np.random.default_rng(0), 0)
+    assert early == [0.0]
+    env.close()
 
     means = noop_sensitivity.protocol_means({d: [float(d)] for d in range(120)})
     assert means["frames_0_29"] == pytest.approx(14.5) and means["steps_0_29"] == pytest.approx(58.0)

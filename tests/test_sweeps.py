@@ -7,6 +7,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -103,20 +104,34 @@ def test_figure_1_design(tmp_path):
 def test_fidelity_sweep_goes_seed_by_seed_and_continues_the_committed_runs(tmp_path):
     """atari100k_fidelity.sh lists whole seeds first (DrQ(eps)'s baseline on the 26 games opens
     it), and the runs committed under benchmark/results are its own commands with the captured
-    flags: continuing the sweep there starts none of them again."""
+    flags, by default or in the published agent's setting (PROTOCOL=2021 ROM_DIR=...): continuing
+    the sweep there starts none of them again. The ROM folder is the machine's, so the
+    comparison leaves out the folder of each --rom-file."""
     commands = dry_run("atari100k_fidelity.sh", tmp_path)
     seeds = [int(flag(t, "--seed")) for t in commands]
     assert seeds == sorted(seeds) and len(commands) == 3 * 2 * 3 * 26
     assert {flag(t, "--exp-name") for t in commands[:26]} == {"drq_none_100k"}
     assert {flag(t, "--num-experts") for t in commands if "--num-experts" in t} == {"4"}
+    roms = tmp_path / "roms"
+    roms.mkdir()
+    for game in "amidar assault bank_heist battle_zone demon_attack gopher krull kung_fu_master ms_pacman road_runner".split():
+        (roms / f"{game}.bin").write_bytes(b"rom")
+
+    def without_rom_folder(command: str) -> str:
+        return re.sub(r"--rom-file \S*/", "--rom-file ", command)
+
+    published_setting = dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED, PROTOCOL="2021", ROM_DIR=str(roms),
+                                AGENTS="drq", NETWORKS="none")
+    assert len(published_setting) == 78 and sum("--rom-file" in t for t in published_setting) == 30
+    listed = {without_rom_folder(shlex.join(t))
+              for t in dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED) + published_setting}
     committed = os.path.join(ROOT, "benchmark", "results", "atari100k_fidelity")
-    listed = {shlex.join(t) for t in dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED)}
     states = glob.glob(os.path.join(committed, "*", "state.json"))
     assert states
     for path in states:
         with open(path) as f:
             state = json.load(f)
-        assert state["status"] == "done" and state["command"] in listed, path
+        assert state["status"] == "done" and without_rom_folder(state["command"]) in listed, path
         assert glob.glob(os.path.join(os.path.dirname(path), "*", "summary.jsonl")), path
 
 

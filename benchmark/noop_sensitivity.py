@@ -16,6 +16,8 @@ no-op steps, up to the max over the last two frames that its observation takes. 
 the 2021 runner's start after d frames.
 
     python benchmark/noop_sensitivity.py --model runs/.../model.pt --out noop_sensitivity.json
+    python benchmark/noop_sensitivity.py --random Asterix --max-steps 100 --out asterix.json   # no network
+    python benchmark/noop_sensitivity.py --summarize *.json     # a table of the runners' scores, one row per file
 """
 from __future__ import annotations
 
@@ -63,12 +65,15 @@ def delayed_start(env, seed: int, delay: int) -> np.ndarray:
 
 
 def play(q_net, envs: list, seeds: list[int], delays: list[int], epsilon: float, terminal_on_life_loss: bool,
-         rng: np.random.Generator, early_steps: int = 25) -> tuple[list[float], list[int], list[float]]:
-    """One episode per environment, stepped together: environment i starts after `delays[i]` frames.
-    Returns each episode's return, its length in agent steps, and its return over the first
-    `early_steps` agent steps."""
+         rng: np.random.Generator, early_steps: int = 25,
+         max_steps: int = 0) -> tuple[list[float], list[int], list[float]]:
+    """One episode per environment, stepped together: environment i starts after `delays[i]` frames
+    and ends with its game, or after `max_steps` agent steps where that is above 0. Returns each
+    episode's return, its length in agent steps, and its return over the first `early_steps`
+    agent steps."""
     n = len(envs)
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
+    greedy = np.zeros(n, dtype=np.int64)  # q_net None: no network, every action random (epsilon 1)
     for i, env in enumerate(envs):
         stacks[i, -1] = delayed_start(env, seeds[i], delays[i])
     lives = np.array([env.unwrapped.ale.lives() for env in envs])
@@ -76,8 +81,9 @@ def play(q_net, envs: list, seeds: list[int], delays: list[int], epsilon: float,
     early = np.zeros(n)
     num_actions = int(envs[0].action_space.n)
     while not done.all():
-        with torch.no_grad():
-            greedy = q_net(torch.from_numpy(stacks))[0].argmax(dim=1).numpy()
+        if q_net is not None:
+            with torch.no_grad():
+                greedy = q_net(torch.from_numpy(stacks))[0].argmax(dim=1).numpy()
         random_actions = rng.integers(num_actions, size=n)
         actions = np.where(rng.random(n) < epsilon, random_actions, greedy)
         for i in np.flatnonzero(~done):
@@ -90,22 +96,41 @@ def play(q_net, envs: list, seeds: list[int], delays: list[int], epsilon: float,
             if terminal_on_life_loss and info["lives"] < lives[i]:
                 stacks[i, :-1] = 0
             lives[i] = info["lives"]
-            done[i] = terminated or truncated
+            done[i] = terminated or truncated or lengths[i] == max_steps
     return returns.tolist(), lengths.tolist(), early.tolist()
 
 
 def protocol_means(by_delay: dict[int, list[float]]) -> dict:
-    """The two runners' scores as means over their 30 start delays, where all were played."""
+    """The two runners' scores as means over their 30 start delays, where all were played, with
+    the standard error of each over its episodes (equal numbers per delay)."""
     means = {d: float(np.mean(r)) for d, r in by_delay.items()}
     out = {}
     for name, delays in (("frames_0_29", range(30)), ("steps_0_29", range(0, 120, 4))):
         if all(d in means for d in delays):
             out[name] = float(np.mean([means[d] for d in delays]))
+            pooled = np.concatenate([by_delay[d] for d in delays])
+            out[f"{name}_se"] = float(pooled.std(ddof=1) / np.sqrt(len(pooled))) if len(pooled) > 1 else float("nan")
     for phase in range(4):
         phase_delays = [d for d in means if d % 4 == phase]
         if phase_delays:
             out[f"phase_{phase}"] = float(np.mean([means[d] for d in phase_delays]))
     return out
+
+
+def summary_table(reports: list[dict]) -> str:
+    """A Markdown row per report: the two runners' scores (means over their delays, +- standard
+    error) and their difference, where the report played both runners' delays."""
+    rows = ["| game | network | steps per episode | 2021 runner (0-29 frames) | current runner (0-29 steps) | "
+            "current - 2021 |", "|---|---|---|---|---|---|"]
+    for r in reports:
+        m = r["summary"]
+        if "frames_0_29" not in m or "steps_0_29" not in m:
+            continue
+        diff, se = m["steps_0_29"] - m["frames_0_29"], np.hypot(m["frames_0_29_se"], m["steps_0_29_se"])
+        rows.append(f"| {r['env_id']} | {r['model']} | {r.get('max_steps') or 'whole episode'} | "
+                    f"{m['frames_0_29']:.1f} +- {m['frames_0_29_se']:.1f} | {m['steps_0_29']:.1f} +- "
+                    f"{m['steps_0_29_se']:.1f} | {diff:+.1f} ({f'{diff / se:+.1f} se' if se > 0 else 'no spread'}) |")
+    return "\n".join(rows)
 
 
 def plot(reports: list[dict], labels: list[str], path: str) -> None:
@@ -130,7 +155,11 @@ def plot(reports: list[dict], labels: list[str], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a run's model.pt (--save-model) or checkpoint.pt")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a run's model.pt (--save-model) or checkpoint.pt")
+    source.add_argument("--random", metavar="GAME", help="no network: uniformly random actions in this game")
+    source.add_argument("--summarize", nargs="+", metavar="JSON",
+                        help="no play: a table of the runners' scores from earlier --out files")
     parser.add_argument("--agent", choices=sorted(AGENTS), default="drq", help="the agent file that trained it")
     parser.add_argument("--delays", type=int, nargs="+", default=list(range(120)),
                         help="start delays in emulator frames (default 0-119: both runners' starts)")
@@ -138,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, default=None, help="default: the run's --eval-epsilon")
     parser.add_argument("--early-steps", type=int, default=25,
                         help="also record each episode's return over its first this many agent steps")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="end each episode after this many agent steps (0: when its game ends)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="JSON file of the returns by delay and the summary")
@@ -147,20 +178,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", nargs="+", default=None,
                         help="the curves' names in the plot: this run's, then --also's")
     opts = parser.parse_args(argv)
-    if min(opts.delays) < 0 or opts.episodes < 1:
-        raise SystemExit("error: --delays must be at least 0 and --episodes at least 1")
+    if opts.summarize:
+        print(summary_table([json.load(open(path)) for path in opts.summarize]))
+        return 0
+    if min(opts.delays) < 0 or opts.episodes < 1 or opts.max_steps < 0:
+        raise SystemExit("error: --delays and --max-steps must be at least 0 and --episodes at least 1")
     if opts.labels and len(opts.labels) != 1 + len(opts.also):
         raise SystemExit(f"error: --labels takes one name per curve: {1 + len(opts.also)} here (this run and --also's)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     agent = importlib.import_module(AGENTS[opts.agent])
-    q_net, args, env_id = load_network(agent, opts.model)
-    epsilon = args.eval_epsilon if opts.epsilon is None else opts.epsilon
+    if opts.model:
+        q_net, args, env_id = load_network(agent, opts.model)
+        epsilon = args.eval_epsilon if opts.epsilon is None else opts.epsilon
+    else:
+        args = agent.Args(env_id=opts.random)
+        q_net, env_id, epsilon = None, agent.resolve_env_id(opts.random), 1.0
     delays = [d for d in opts.delays for _ in range(opts.episodes)]
     seeds = [opts.seed * 100_003 + i for i in range(len(delays))]
     envs = [agent.make_env(env_id, s, False, args.max_episode_frames) for s in seeds]
     returns, lengths, early = play(q_net, envs, seeds, delays, epsilon, args.terminal_on_life_loss,
-                                   np.random.default_rng(opts.seed), opts.early_steps)
+                                   np.random.default_rng(opts.seed), opts.early_steps, opts.max_steps)
     for env in envs:
         env.close()
     by_delay: dict[int, list[float]] = {}
@@ -169,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         by_delay.setdefault(d, []).append(r)
         early_by_delay.setdefault(d, []).append(e)
     summary = protocol_means(by_delay)
-    print(f"{env_id}, {opts.model}: epsilon {epsilon}, {opts.episodes} episode(s) per delay")
+    print(f"{env_id}, {opts.model or 'random actions'}: epsilon {epsilon}, {opts.episodes} episode(s) per delay"
+          + (f", at most {opts.max_steps} agent steps each" if opts.max_steps else ""))
     print(f"| start delay (frames) | mean return | returns | mean return of the first {opts.early_steps} agent steps |")
     print("|---|---|---|---|")
     for d in sorted(by_delay):
@@ -177,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{np.mean(early_by_delay[d]):.1f} |")
     for name, value in summary.items():
         print(f"{name}: {value:.1f}")
-    report = {"model": opts.model, "env_id": env_id, "epsilon": epsilon, "seed": opts.seed,
+    report = {"model": opts.model or "random actions", "env_id": env_id, "epsilon": epsilon, "seed": opts.seed,
+              "max_steps": opts.max_steps,
               "returns_by_delay": {str(d): r for d, r in sorted(by_delay.items())},
               "early_steps": opts.early_steps,
               "early_returns_by_delay": {str(d): r for d, r in sorted(early_by_delay.items())},

@@ -300,6 +300,16 @@ def test_noop_sensitivity_plays_each_start_delay(tmp_path):
     assert early == [0.0]
     env.close()
 
+    random_play = tmp_path / "random.json"
+    delays = [*map(str, range(30)), *map(str, range(32, 120, 4))]  # both runners' delays
+    assert noop_sensitivity.main(["--random", "Pong", "--max-steps", "10", "--delays", *delays, "--episodes", "1",
+                                  "--out", str(random_play)]) == 0
+    report = json.load(open(random_play))
+    assert report["epsilon"] == 1.0 and report["lengths"] == [10] * len(delays)
+    assert {"frames_0_29", "frames_0_29_se", "steps_0_29", "steps_0_29_se"} <= set(report["summary"])
+    table = noop_sensitivity.summary_table([report, json.load(open(out))])  # the second lacks delays 6-29
+    assert table.count("ALE/Pong-v5") == 1 and "random actions" in table
+
     means = noop_sensitivity.protocol_means({d: [float(d)] for d in range(120)})
     assert means["frames_0_29"] == pytest.approx(14.5) and means["steps_0_29"] == pytest.approx(58.0)
     assert means["phase_1"] == pytest.approx(np.mean(range(1, 120, 4)))

@@ -64,8 +64,11 @@ def our_curves(runs) -> dict[str, dict[str, dict[int, list[float]]]]:
     """label -> game -> iteration (Dopamine's numbering, by frames) -> the values of our seeds."""
     curves: dict = {}
     for run in runs:
+        # with --num-envs K an iteration ends at the first agent step past its boundary: up to K - 1
+        # steps (4 frames each) late
+        overshoot = 4 * max(int(run.config.get("num_envs", 1)), 1)
         for _, frames, score in run.points:
-            if score is not None and frames % FRAMES_PER_ITERATION == 0:
+            if score is not None and frames >= FRAMES_PER_ITERATION and frames % FRAMES_PER_ITERATION < overshoot:
                 iteration = frames // FRAMES_PER_ITERATION - 1
                 curves.setdefault(run.label, {}).setdefault(run.game, {}).setdefault(iteration, []).append(score)
     return curves

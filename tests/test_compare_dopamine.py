@@ -21,13 +21,17 @@ def dopamine_file(folder, game, values):
     (folder / f"{game.lower()}_Impala.json").write_text(json.dumps(records))
 
 
-def our_run(root, exp_name, game, seed, returns, frames_per_iteration=M):
+def our_run(root, exp_name, game, seed, returns, frames_per_iteration=M, num_envs=1, late_steps=0, finished=True):
+    """late_steps: how many agent steps past each boundary the iterations end (--num-envs K: up to K - 1)."""
     path = root / f"{game}__{exp_name}__{seed}"
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"exp_name": exp_name, "seed": seed, "env_id": f"ALE/{game}-v5"}))
-    lines = [{"iteration": i, "step": (i + 1) * frames_per_iteration // 4, "frames": (i + 1) * frames_per_iteration,
-              "episode_return": r, "sps": 500.0} for i, r in enumerate(returns)]
-    lines.append({"final": True, "game": game, "env_id": f"ALE/{game}-v5", "seed": seed})
+    (path / "config.json").write_text(json.dumps({"exp_name": exp_name, "seed": seed, "env_id": f"ALE/{game}-v5",
+                                                  "num_envs": num_envs}))
+    steps = [(i + 1) * frames_per_iteration // 4 + late_steps for i in range(len(returns))]
+    lines = [{"iteration": i, "step": step, "frames": 4 * step, "episode_return": r, "sps": 500.0}
+             for i, (step, r) in enumerate(zip(steps, returns))]
+    if finished:
+        lines.append({"final": True, "game": game, "env_id": f"ALE/{game}-v5", "seed": seed})
     (path / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
@@ -70,4 +74,24 @@ def test_bad_input_is_one_line(tmp_path):
     short = tmp_path / "short"
     our_run(short, "dqn_none", "Pong", 0, [-20.0], frames_per_iteration=4000)
     out = run(short, "--dopamine-data", data)
+    assert out.returncode == 2 and "iteration of 1M frames" in out.stderr
+
+
+def test_iterations_that_end_a_few_steps_late_with_several_environments(tmp_path):
+    """With --num-envs 8 an iteration ends up to 7 agent steps past 250k: still Dopamine's
+    iteration; a run still going counts up to its last iteration. A record 8 steps late is
+    not an iteration boundary of an 8-environment run."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    dopamine_file(data, "Pong", {"DQN": [[-21, -20], [-15, -10], [0, 5]]})
+    our_run(runs, "dqn_none", "Pong", 0, [-20.0, -12.0], num_envs=8, late_steps=7, finished=False)
+    our_run(runs, "dqn_none", "Pong", 1, [-19.0, -14.0], num_envs=8, late_steps=1)
+    out = run(runs, "--dopamine-data", data, "--agents", "DQN", "--out", tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "out" / "compare.csv") as f:
+        pong = next(csv.DictReader(f))
+    assert int(pong["iteration"]) == 1 and float(pong["our_mean"]) == -13.0
+    late = tmp_path / "late"
+    our_run(late, "dqn_none", "Pong", 0, [-20.0, -12.0], num_envs=8, late_steps=8)
+    out = run(late, "--dopamine-data", data)
     assert out.returncode == 2 and "iteration of 1M frames" in out.stderr

@@ -172,14 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="JSON file of the returns by delay and the summary")
-    parser.add_argument("--plot", default=None, help="PNG file: the returns by delay")
+    parser.add_argument("--plot", default=None, help="PNG file: the returns by delay (with --summarize: its files')")
     parser.add_argument("--also", nargs="+", default=[], metavar="JSON",
                         help="earlier --out files drawn in the same --plot")
     parser.add_argument("--labels", nargs="+", default=None,
                         help="the curves' names in the plot: this run's, then --also's")
     opts = parser.parse_args(argv)
     if opts.summarize:
-        print(summary_table([json.load(open(path)) for path in opts.summarize]))
+        if opts.also or (opts.labels and len(opts.labels) != len(opts.summarize)):
+            raise SystemExit(f"error: with --summarize, --plot draws its files: --labels takes one name per file "
+                             f"({len(opts.summarize)} here) and --also none")
+        reports = [json.load(open(path)) for path in opts.summarize]
+        print(summary_table(reports))
+        if opts.plot:
+            plot(reports, opts.labels or [r["model"] for r in reports], opts.plot)
         return 0
     if min(opts.delays) < 0 or opts.episodes < 1 or opts.max_steps < 0:
         raise SystemExit("error: --delays and --max-steps must be at least 0 and --episodes at least 1")

@@ -309,6 +309,12 @@ def test_noop_sensitivity_plays_each_start_delay(tmp_path):
     assert {"frames_0_29", "frames_0_29_se", "steps_0_29", "steps_0_29_se"} <= set(report["summary"])
     table = noop_sensitivity.summary_table([report, json.load(open(out))])  # the second lacks delays 6-29
     assert table.count("ALE/Pong-v5") == 1 and "random actions" in table
+    assert noop_sensitivity.main(["--summarize", str(random_play), str(out), "--plot", str(tmp_path / "s.png"),
+                                  "--labels", "random", "network"]) == 0
+    assert os.path.getsize(tmp_path / "s.png") > 0
+    with pytest.raises(SystemExit, match="one name per file"):
+        noop_sensitivity.main(["--summarize", str(out), "--plot", str(tmp_path / "t.png"), "--labels", "a", "b"])
+    assert not os.path.exists(tmp_path / "t.png")
 
     means = noop_sensitivity.protocol_means({d: [float(d)] for d in range(120)})
     assert means["frames_0_29"] == pytest.approx(14.5) and means["steps_0_29"] == pytest.approx(58.0)

@@ -27,11 +27,11 @@ AGENTS=${AGENTS:-"drq der"}
 NETWORKS=${NETWORKS:-"none soft top1"}
 EXPERTS=${EXPERTS:-4}
 PROTOCOL=${PROTOCOL:-current}
-case $PROTOCOL in
-  current) protocol_name="" ;;
-  2021) protocol_name="_2021" ;;
-  *) echo "error: PROTOCOL takes current and 2021 (got $PROTOCOL)" >&2; exit 2 ;;
-esac
+check_choices AGENTS "drq der" $AGENTS
+check_choices NETWORKS "none soft top1" $NETWORKS
+check_choices PROTOCOL "current 2021" $PROTOCOL
+protocol_name=""
+[[ $PROTOCOL == 2021 ]] && protocol_name="_2021"
 rom_name=""
 if [[ -n ${ROM_DIR:-} ]]; then
   check_old_roms $games  # every ROM first: nothing is emitted if one is missing
@@ -51,7 +51,6 @@ commands() {
         case $net in
           none) name=${agent}${protocol_name:-_none}${rom_name}_100k moe_flags="--moe none" ;;
           soft | top1) name=${agent}_${net}_e${EXPERTS}${protocol_name}${rom_name}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
-          *) echo "error: NETWORKS takes none, soft and top1 (got $net)" >&2; exit 2 ;;
         esac
         for game in $games; do
           echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags$protocol_flags$(old_rom_flag "$game") $EXTRA"

@@ -37,6 +37,25 @@ source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-"Asterix BankHeist Assault CrazyClimber"}
 VARIANTS=${VARIANTS:-"2021 fp32 shiftbatch noopframe"}
 
+check_choices VARIANTS "2021 fp32 shiftbatch noopframe oldrom savemodel swapeval" $VARIANTS
+[[ " $VARIANTS " == *" oldrom "* ]] && check_old_roms ${GAMES:-$OLD_ROM_GAMES}  # every ROM first
+
+# swapeval_commands: the evaluations of the finished savemodel runs of these games and seeds
+swapeval_commands() {
+  local model run trained game seed name unit
+  for model in $(ls "$RUNS_DIR/$SWEEP"/drq_save{step,frame}_100k__*/*/model.pt 2>/dev/null); do
+    run=$(basename "$(dirname "$(dirname "$model")")")  # <exp-name>__<game>__s<seed>__<hash>
+    IFS=' ' read -r trained game seed <<< "$(echo "$run" | sed -E 's/^(.*)__(.*)__s([^_]*)__[^_]*$/\1 \2 \3/')"
+    [[ " $games " == *" $game "* && " $(seeds | tr '\n' ' ') " == *" $seed "* ]] || continue
+    if [[ $trained == drq_savestep_100k ]]; then name=drq_savestep_evalframe_100k unit=frame; else name=drq_saveframe_evalstep_100k unit=step; fi
+    echo "python drq_moe_atari100k.py --exp-name $name --env-id $game --seed $seed --moe none --noop-unit $unit --eval-model $(realpath "$model") $EXTRA"
+  done
+}
+if [[ " $VARIANTS " == *" swapeval "* ]]; then
+  swapeval=$(swapeval_commands)
+  [[ -n $swapeval ]] || { echo "error: VARIANTS=swapeval found no finished savemodel run of these games and seeds in $RUNS_DIR/$SWEEP: run VARIANTS=savemodel first" >&2; exit 2; }
+fi
+
 for variant in $VARIANTS; do
   case $variant in
     2021) emit drq_2021_100k drq_moe_atari100k.py --moe none --shift-per batch --noop-unit frame ;;
@@ -44,24 +63,12 @@ for variant in $VARIANTS; do
     shiftbatch) emit drq_shiftbatch_100k drq_moe_atari100k.py --moe none --shift-per batch ;;
     noopframe) emit drq_noopframe_100k drq_moe_atari100k.py --moe none --noop-unit frame ;;
     oldrom)
-      check_old_roms ${GAMES:-$OLD_ROM_GAMES}  # every ROM first: nothing is emitted if one is missing
       for game in ${GAMES:-$OLD_ROM_GAMES}; do
         (games=$game; emit drq_oldrom_100k drq_moe_atari100k.py --moe none$(old_rom_flag "$game"))
       done ;;
     savemodel)
       emit drq_savestep_100k drq_moe_atari100k.py --moe none --save-model
       emit drq_saveframe_100k drq_moe_atari100k.py --moe none --noop-unit frame --save-model ;;
-    swapeval)
-      found=0
-      for model in $(ls "$RUNS_DIR/$SWEEP"/drq_save{step,frame}_100k__*/*/model.pt 2>/dev/null); do
-        run=$(basename "$(dirname "$(dirname "$model")")")  # <exp-name>__<game>__s<seed>__<hash>
-        IFS=' ' read -r trained game seed <<< "$(echo "$run" | sed -E 's/^(.*)__(.*)__s([^_]*)__[^_]*$/\1 \2 \3/')"
-        [[ " $games " == *" $game "* && " $(seeds | tr '\n' ' ') " == *" $seed "* ]] || continue
-        if [[ $trained == drq_savestep_100k ]]; then name=drq_savestep_evalframe_100k unit=frame; else name=drq_saveframe_evalstep_100k unit=step; fi
-        echo "python drq_moe_atari100k.py --exp-name $name --env-id $game --seed $seed --moe none --noop-unit $unit --eval-model $(realpath "$model") $EXTRA"
-        found=1
-      done
-      [[ $found == 1 ]] || { echo "error: VARIANTS=swapeval found no finished savemodel run of these games and seeds in $RUNS_DIR/$SWEEP: run VARIANTS=savemodel first" >&2; exit 2; } ;;
-    *) echo "error: VARIANTS takes 2021, fp32, shiftbatch, noopframe, oldrom, savemodel and swapeval (got $variant)" >&2; exit 2 ;;
+    swapeval) echo "$swapeval" ;;
   esac
 done | launch "$@"

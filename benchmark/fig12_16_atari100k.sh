@@ -15,13 +15,15 @@ SCHEDULES=${SCHEDULES:-"100k 50M"}
 FRAMES_100K=${FRAMES_100K:-400000}
 FRAMES_50M=${FRAMES_50M:-50000000}
 
+check_choices SCHEDULES "100k 50M" $SCHEDULES
+check_choices AGENTS "der drq" $AGENTS
+
 commands() {
   local agent e schedule flags
   for schedule in $SCHEDULES; do
     case $schedule in
       100k) flags="--total-steps $((FRAMES_100K / 4))" ;;
       50M) flags="--total-steps $((FRAMES_50M / 4)) --eval-every 250000 --checkpoint-every $CHECKPOINT_EVERY" ;;
-      *) echo "error: SCHEDULES takes 100k and/or 50M (got $schedule)" >&2; exit 2 ;;
     esac
     for agent in $AGENTS; do
       local script=${agent}_moe_atari100k.py common="--encoder impala $flags"

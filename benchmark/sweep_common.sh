@@ -61,6 +61,22 @@ check_old_roms() {
   done
 }
 
+# check_choices VARIABLE "ALLOWED..." VALUES...: fail unless every value is allowed. Sweeps call it
+# before emitting anything: the launcher reads the commands as they come, so an error midway would
+# leave it a partial sweep to run.
+check_choices() {
+  local variable=$1 value
+  local -a allowed=($2)
+  shift 2
+  for value in "$@"; do
+    if [[ " ${allowed[*]} " != *" $value "* ]]; then
+      local listed="${allowed[*]:0:${#allowed[@]}-1}"
+      echo "error: $variable takes ${listed// /, }${listed:+ and }${allowed[-1]} (got $value)" >&2
+      exit 2
+    fi
+  done
+}
+
 emit() {
   local name=$1 script=$2 game seed
   shift 2

@@ -147,7 +147,7 @@ def test_variables_scale_a_sweep_down(tmp_path):
     assert steps == {"100000", "200000"}
     out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "fig12_16_atari100k.sh"), "--dry-run"],
                          capture_output=True, text=True, env={**os.environ, "SCHEDULES": "1M", "RUNS_DIR": str(tmp_path)})
-    assert out.returncode != 0 and "SCHEDULES takes 100k and/or 50M" in out.stderr
+    assert out.returncode != 0 and "SCHEDULES takes 100k and 50M (got 1M)" in out.stderr
 
 
 def test_a_sweep_runs_through_the_launcher(tmp_path):
@@ -347,3 +347,29 @@ def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path
                for runs in by_config.values())
     fast = dry_run("dopamine_curves.sh", tmp_path, NUM_ENVS="16", FRAMES="2000000", GAMES="Pong", SEEDS="1")
     assert len(fast) == 4 and all(flag(t, "--num-envs") == "16" and flag(t, "--total-frames") == "2000000" for t in fast)
+    fp32 = dry_run("dopamine_curves.sh", tmp_path, GAMES="Pong", SEEDS="1", AGENTS="rainbow", NETWORKS="none",
+                   PRECISION="fp32")
+    default = [t for t in commands if flag(t, "--exp-name") == "rainbow_none" and flag(t, "--env-id") == "Pong"
+               and flag(t, "--seed") == "1"]
+    assert len(fp32) == 1 and fp32[0] == [t.replace("rainbow_none", "rainbow_none_fp32") for t in default[0]] + ["--no-tf32"]
+    for variable, value in (("PRECISION", "bf16"), ("AGENTS", "dqn iqn"), ("NETWORKS", "top1")):
+        out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "dopamine_curves.sh"), "--dry-run"],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, variable: value})
+        assert out.returncode == 2 and f"error: {variable} takes" in out.stderr and "python " not in out.stdout
+
+
+@pytest.mark.parametrize("sweep, variable, value, message", [
+    ("atari100k_fidelity.sh", "NETWORKS", "none sfot", "NETWORKS takes none, soft and top1 (got sfot)"),
+    ("atari100k_fidelity.sh", "AGENTS", "drq spr", "AGENTS takes drq and der (got spr)"),
+    ("atari100k_protocol_probe.sh", "VARIANTS", "2021 fp16", "VARIANTS takes 2021, fp32, shiftbatch, noopframe, "
+                                                              "oldrom, savemodel and swapeval (got fp16)"),
+    ("atari100k_protocol_probe.sh", "VARIANTS", "2021 swapeval", "VARIANTS=swapeval found no finished savemodel run"),
+    ("fig12_16_atari100k.sh", "AGENTS", "der dqn", "AGENTS takes der and drq (got dqn)"),
+    ("dopamine_curves.sh", "NETWORKS", "none top1", "NETWORKS takes none and soft (got top1)"),
+])
+def test_a_bad_value_after_good_ones_emits_nothing(tmp_path, sweep, variable, value, message):
+    """The launcher starts the commands it reads, so a sweep checks every value before it emits
+    one: a typo in the second value must not leave a partial sweep running."""
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", sweep), "--dry-run"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, variable: value, "RUNS_DIR": str(tmp_path)})
+    assert out.returncode == 2 and message in out.stderr and "python " not in out.stdout

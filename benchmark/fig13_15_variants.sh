@@ -11,6 +11,7 @@ source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-$GAMES_20}
 FRAMES=${FRAMES:-50000000}
 AGENTS=${AGENTS:-"dqn rainbow"}
+check_choices AGENTS "dqn rainbow" $AGENTS
 
 commands() {
   local agent variant norm tokens common="--total-frames $FRAMES --checkpoint-every $CHECKPOINT_EVERY"

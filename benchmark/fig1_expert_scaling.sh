@@ -11,6 +11,7 @@ source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-$GAMES_20}
 FRAMES=${FRAMES:-200000000}
 AGENTS=${AGENTS:-"dqn rainbow"}
+check_choices AGENTS "dqn rainbow" $AGENTS
 EXPERTS=${EXPERTS:-"1 2 4 8"}
 
 commands() {

@@ -8,6 +8,7 @@ source "$(dirname "$0")/sweep_common.sh"
 games=${GAMES:-$GAMES_20}
 FRAMES=${FRAMES:-200000000}
 AGENTS=${AGENTS:-"dqn rainbow"}
+check_choices AGENTS "dqn rainbow" $AGENTS
 
 commands() {
   local agent common="--encoder nature --total-frames $FRAMES --checkpoint-every $CHECKPOINT_EVERY"

@@ -366,6 +366,9 @@ def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path
     ("atari100k_protocol_probe.sh", "VARIANTS", "2021 swapeval", "VARIANTS=swapeval found no finished savemodel run"),
     ("fig12_16_atari100k.sh", "AGENTS", "der dqn", "AGENTS takes der and drq (got dqn)"),
     ("dopamine_curves.sh", "NETWORKS", "none top1", "NETWORKS takes none and soft (got top1)"),
+    *[(sweep, "AGENTS", "dqn rainbw", "AGENTS takes dqn and rainbow (got rainbw)") for sweep in (
+        "fig1_expert_scaling.sh", "fig4_replay_ratio.sh", "fig7_cnn_encoder.sh", "fig9_load_balancing.sh",
+        "fig13_15_variants.sh")],
 ])
 def test_a_bad_value_after_good_ones_emits_nothing(tmp_path, sweep, variable, value, message):
     """The launcher starts the commands it reads, so a sweep checks every value before it emits

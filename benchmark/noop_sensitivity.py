@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="JSON file of the returns by delay and the summary")
-    parser.add_argument("--plot", default=None, help="PNG file: the returns by delay (with --summarize: its files')")
+    parser.add_argument("--plot", default=None, help="PNG file: the returns by delay (with --summarize: of its files)")
     parser.add_argument("--also", nargs="+", default=[], metavar="JSON",
                         help="earlier --out files drawn in the same --plot")
     parser.add_argument("--labels", nargs="+", default=None,

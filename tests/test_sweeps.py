@@ -352,10 +352,6 @@ def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path
     default = [t for t in commands if flag(t, "--exp-name") == "rainbow_none" and flag(t, "--env-id") == "Pong"
                and flag(t, "--seed") == "1"]
     assert len(fp32) == 1 and fp32[0] == [t.replace("rainbow_none", "rainbow_none_fp32") for t in default[0]] + ["--no-tf32"]
-    for variable, value in (("PRECISION", "bf16"), ("AGENTS", "dqn iqn"), ("NETWORKS", "top1")):
-        out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "dopamine_curves.sh"), "--dry-run"],
-                             capture_output=True, text=True, timeout=120, env={**os.environ, variable: value})
-        assert out.returncode == 2 and f"error: {variable} takes" in out.stderr and "python " not in out.stdout
 
 
 @pytest.mark.parametrize("sweep, variable, value, message", [
@@ -366,6 +362,8 @@ def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path
     ("atari100k_protocol_probe.sh", "VARIANTS", "2021 swapeval", "VARIANTS=swapeval found no finished savemodel run"),
     ("fig12_16_atari100k.sh", "AGENTS", "der dqn", "AGENTS takes der and drq (got dqn)"),
     ("dopamine_curves.sh", "NETWORKS", "none top1", "NETWORKS takes none and soft (got top1)"),
+    ("dopamine_curves.sh", "AGENTS", "dqn iqn", "AGENTS takes dqn and rainbow (got iqn)"),
+    ("dopamine_curves.sh", "PRECISION", "bf16", "PRECISION takes tf32 and fp32 (got bf16)"),
     *[(sweep, "AGENTS", "dqn rainbw", "AGENTS takes dqn and rainbow (got rainbw)") for sweep in (
         "fig1_expert_scaling.sh", "fig4_replay_ratio.sh", "fig7_cnn_encoder.sh", "fig9_load_balancing.sh",
         "fig13_15_variants.sh")],

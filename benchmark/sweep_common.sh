@@ -4,7 +4,7 @@
 #   launch "$@"                hands the commands (standard input) to benchmark/launch.py
 #
 # Variables (environment):
-#   SEEDS=5            a count (seeds 1..N) or a list ("3 4")
+#   SEEDS=5            a count (seeds 1..N), a range ("4-7"; "2-2" is seed 2 alone) or a list ("3 4")
 #   GAMES="Pong ..."   replaces the sweep's game list
 #   FRAMES=...         frames per run (the sweep's default is the paper's)
 #   EXTRA="..."        flags added to every command, e.g. "--compile --cudagraphs --no-torch-deterministic"
@@ -39,8 +39,20 @@ PYTHON=${PYTHON:-python3}
 RUNS_PER_GPU=${RUNS_PER_GPU:-2}
 
 seeds() {
-  if [[ $SEEDS =~ ^[0-9]+$ ]]; then seq 1 "$SEEDS"; else echo $SEEDS; fi
+  if [[ $SEEDS =~ ^[0-9]+$ ]]; then seq 1 "$SEEDS"
+  elif [[ $SEEDS =~ ^([0-9]+)-([0-9]+)$ ]]; then seq "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+  else echo $SEEDS; fi
 }
+
+# SEEDS is checked here, before a sweep emits anything (a bad value would reach the agents as --seed)
+if [[ $SEEDS =~ ^[0-9]+$ ]]; then seeds_ok=$((10#$SEEDS > 0))
+elif [[ $SEEDS =~ ^([0-9]+)-([0-9]+)$ ]]; then seeds_ok=$((10#${BASH_REMATCH[1]} <= 10#${BASH_REMATCH[2]}))
+elif [[ $SEEDS =~ ^[[:space:]]*[0-9]+([[:space:]]+[0-9]+)*[[:space:]]*$ ]]; then seeds_ok=1
+else seeds_ok=0; fi
+if [[ $seeds_ok != 1 ]]; then
+  echo "error: SEEDS takes a count (5: seeds 1-5), a range (4-7; 2-2 for seed 2 alone) or a list (\"3 4\"); got '$SEEDS'" >&2
+  exit 2
+fi
 
 snake() { echo "$1" | sed -E 's/([a-z])([A-Z])/\1_\2/g' | tr '[:upper:]' '[:lower:]'; }  # BankHeist -> bank_heist
 

@@ -150,6 +150,12 @@ def test_variables_scale_a_sweep_down(tmp_path):
     assert out.returncode != 0 and "SCHEDULES takes 100k and 50M (got 1M)" in out.stderr
 
 
+@pytest.mark.parametrize("seeds, expected", [("3", "1 2 3"), ("2-2", "2"), ("4-6", "4 5 6"), ("3 7", "3 7"), (" 2", "2")])
+def test_seeds_take_a_count_a_range_or_a_list(tmp_path, seeds, expected):
+    commands = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS=seeds, GAMES="Pong", AGENTS="drq", NETWORKS="none")
+    assert [flag(t, "--seed") for t in commands] == expected.split()
+
+
 def test_a_sweep_runs_through_the_launcher(tmp_path):
     """A tiny Atari 100k sweep, end to end on the CPU: the launcher runs it and a second call
     finds it done."""
@@ -364,6 +370,8 @@ def test_dopamine_curves_run_dopamines_agents_with_and_without_soft_moe(tmp_path
     ("dopamine_curves.sh", "NETWORKS", "none top1", "NETWORKS takes none and soft (got top1)"),
     ("dopamine_curves.sh", "AGENTS", "dqn iqn", "AGENTS takes dqn and rainbow (got iqn)"),
     ("dopamine_curves.sh", "PRECISION", "bf16", "PRECISION takes tf32 and fp32 (got bf16)"),
+    *[("atari100k_fidelity.sh", "SEEDS", seeds, f"SEEDS takes a count (5: seeds 1-5), a range (4-7; 2-2 for seed 2 "
+       f"alone) or a list (\"3 4\"); got '{seeds}'") for seeds in ("0", "3-2", "1,2", "two")],
     *[(sweep, "AGENTS", "dqn rainbw", "AGENTS takes dqn and rainbow (got rainbw)") for sweep in (
         "fig1_expert_scaling.sh", "fig4_replay_ratio.sh", "fig7_cnn_encoder.sh", "fig9_load_balancing.sh",
         "fig13_15_variants.sh")],

@@ -360,6 +360,7 @@ def run_slots(run_dirs: list[str], slots: list[str | None], mps_env: dict, opts)
     queue, active, results = list(run_dirs), {}, {}
     free = list(slots)
     interrupted = []
+    last_start = time.monotonic() + opts.start_within if opts.start_within else float("inf")
 
     def stop_all(signum, _frame):
         interrupted.append(signum)
@@ -371,8 +372,8 @@ def run_slots(run_dirs: list[str], slots: list[str | None], mps_env: dict, opts)
 
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
-    while (queue and not interrupted) or active:
-        while queue and free and not interrupted:
+    while (queue and not interrupted and time.monotonic() < last_start) or active:
+        while queue and free and not interrupted and time.monotonic() < last_start:
             run_dir, gpu = queue.pop(0), free.pop(0)
             env = {**os.environ, **mps_env, "OMP_NUM_THREADS": str(threads)}
             if gpu is not None:
@@ -394,6 +395,9 @@ def run_slots(run_dirs: list[str], slots: list[str | None], mps_env: dict, opts)
     failed = [d for d, s in results.items() if s != "done"]
     print(f"launch: {len(results) - len(failed)} done, {len(failed)} failed" +
           (f" (logs: {os.path.join(failed[0], 'log.txt')}, ...; rerun with --retry-failed)" if failed else ""), flush=True)
+    if queue:
+        print(f"launch: {len(queue)} run(s) not started, {opts.start_within:g} s (--start-within) having passed; "
+              "the same command continues the sweep", flush=True)
     return 1 if failed else 0
 
 
@@ -500,6 +504,10 @@ def parse_args(argv=None):
     p.add_argument("--mps", action="store_true",
                    help="start NVIDIA's Multi-Process Service so that the runs sharing a GPU run their kernels side by side")
     p.add_argument("--threads-per-run", type=int, default=0, help="OMP/torch threads of a run (default: cores / runs at once)")
+    p.add_argument("--start-within", type=float, default=0,
+                   help="start no run later than this many seconds after the launcher began (0: no limit); the runs "
+                        "going then finish, the rest wait for the next launch: for a machine lent for a fixed time, "
+                        "so that no run starts that cannot finish, and those that can get the whole GPU")
     s = p.add_argument_group("Slurm")
     s.add_argument("--slurm", action="store_true", help="submit the runs that are not done as a Slurm job array")
     s.add_argument("--partition", default="")
@@ -516,9 +524,11 @@ def parse_args(argv=None):
     p.add_argument("--task-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--runs-per-task", type=int, default=1, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
-    for name in ("runs_per_gpu", "jobs", "threads_per_run", "gpus_per_task", "max_concurrent", "cpus_per_task"):
+    for name in ("runs_per_gpu", "jobs", "threads_per_run", "gpus_per_task", "max_concurrent", "cpus_per_task", "start_within"):
         if getattr(opts, name) < 0 or (name == "runs_per_gpu" and opts.runs_per_gpu < 1):
             fail(f"--{name.replace('_', '-')} must be {'at least 1' if name == 'runs_per_gpu' else '0 or more'}")
+    if opts.slurm and opts.start_within:
+        fail("--start-within is for runs started here; with --slurm, each task's --time limits its runs")
     if not opts.work and not opts.sweep_dir:
         fail("--sweep-dir is required: the folder that holds the sweep's runs")
     if not opts.work and not opts.runs_file and not opts.status and not opts.commands:

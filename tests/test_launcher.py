@@ -136,6 +136,19 @@ def test_parallel_runs_each_once(fake):
     assert code == 0 and len(stamps(fake)) == 5
 
 
+def test_start_within_starts_no_run_after_its_time(fake):
+    """--start-within S: the runs going at S seconds finish, no other starts; the same command
+    without it continues the sweep."""
+    sweep = fake / "sweep"
+    commands = write_commands(fake, [fake_command(fake, "a", s, "--sleep", "2") for s in (1, 2, 3, 4)])
+    code, out = launcher(sweep, commands, "--jobs", "1", "--start-within", "1")
+    assert code == 0, out
+    assert "1 done, 0 failed" in out and "3 run(s) not started, 1 s (--start-within) having passed" in out
+    assert len(stamps(fake)) == 1 and sorted(s["status"] for s in states(sweep).values()).count("done") == 1
+    code, out = launcher(sweep, commands, "--jobs", "2")
+    assert code == 0 and "3 done, 0 failed" in out and len(stamps(fake)) == 4
+
+
 def test_runs_share_out_the_gpus(fake):
     """--gpus 0,1 --runs-per-gpu 2: four runs at once, two on each GPU (the launcher only sets
     CUDA_VISIBLE_DEVICES, so this runs without a GPU)."""
@@ -264,6 +277,8 @@ def test_bad_input_fails_in_one_line(tmp_path):
     for flags, needle in ((["--commands", str(tmp_path / "none.txt")], "no commands file"),
                           (["--status"], "no sweep at"),
                           (["--runs-per-gpu", "0", "--commands", "-"], "--runs-per-gpu must be at least 1"),
+                          (["--start-within", "-5", "--commands", "-"], "--start-within must be 0 or more"),
+                          (["--slurm", "--start-within", "600", "--commands", "-"], "each task's --time limits"),
                           ([], "give --commands")):
         out = subprocess.run([sys.executable, LAUNCH, "--sweep-dir", str(tmp_path / "s"), *flags],
                              capture_output=True, text=True, input="", timeout=60)

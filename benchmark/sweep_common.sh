@@ -38,21 +38,16 @@ CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-2500000}
 PYTHON=${PYTHON:-python3}
 RUNS_PER_GPU=${RUNS_PER_GPU:-2}
 
-seeds() {
-  if [[ $SEEDS =~ ^[0-9]+$ ]]; then seq 1 "$SEEDS"
-  elif [[ $SEEDS =~ ^([0-9]+)-([0-9]+)$ ]]; then seq "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
-  else echo $SEEDS; fi
-}
-
-# SEEDS is checked here, before a sweep emits anything (a bad value would reach the agents as --seed)
-if [[ $SEEDS =~ ^[0-9]+$ ]]; then seeds_ok=$((10#$SEEDS > 0))
-elif [[ $SEEDS =~ ^([0-9]+)-([0-9]+)$ ]]; then seeds_ok=$((10#${BASH_REMATCH[1]} <= 10#${BASH_REMATCH[2]}))
-elif [[ $SEEDS =~ ^[[:space:]]*[0-9]+([[:space:]]+[0-9]+)*[[:space:]]*$ ]]; then seeds_ok=1
-else seeds_ok=0; fi
-if [[ $seeds_ok != 1 ]]; then
+# SEEDS, parsed once here, before a sweep emits anything (a bad value would reach the agents as --seed)
+if [[ $SEEDS =~ ^0*[1-9][0-9]*$ ]]; then seed_list=$(seq 1 "$((10#$SEEDS))")
+elif [[ $SEEDS =~ ^([0-9]+)-([0-9]+)$ ]] && ((10#${BASH_REMATCH[1]} <= 10#${BASH_REMATCH[2]})); then
+  seed_list=$(seq "$((10#${BASH_REMATCH[1]}))" "$((10#${BASH_REMATCH[2]}))")
+elif [[ ! $SEEDS =~ ^[0-9]+$ && $SEEDS =~ ^[[:space:]]*[0-9]+([[:space:]]+[0-9]+)*[[:space:]]*$ ]]; then seed_list=$SEEDS
+else
   echo "error: SEEDS takes a count (5: seeds 1-5), a range (4-7; 2-2 for seed 2 alone) or a list (\"3 4\"); got '$SEEDS'" >&2
   exit 2
 fi
+seeds() { printf '%s\n' $seed_list; }
 
 snake() { echo "$1" | sed -E 's/([a-z])([A-Z])/\1_\2/g' | tr '[:upper:]' '[:lower:]'; }  # BankHeist -> bank_heist
 

@@ -15,7 +15,8 @@ own arguments on, so `bash benchmark/fig1_expert_scaling.sh --slurm --partition 
 A commands file holds one command per line (`python dqn_moe_atari.py --env-id Pong ...`; blank
 lines and `#` comments are skipped). Each command becomes a run folder
 `<sweep-dir>/<run-id>/`, where `<run-id>` reads `<exp-name>__<game>__s<seed>__<hash>` (the hash is
-of the whole command, so a changed command is a new run). The folder holds `state.json`, the
+of the whole command, so a changed command is a new run; of a ROM or model file it takes the
+name, not the folder, so the sweep folder can move to another machine: PATH_FLAGS). The folder holds `state.json`, the
 command's output in `log.txt`, and the agent's own run folder (the command gets `--runs-dir` set to
 the run folder), which `python benchmark/aggregate.py <sweep-dir>` reads.
 
@@ -91,6 +92,31 @@ def flag_value(tokens: list[str], flag: str, default: str) -> str:
     return default
 
 
+# Flags that name a file, and how many of its path's last parts identify it: a ROM by its file name,
+# a trained network (<sweep>/<run-id>/<agent's run>/model.pt) by its run folders. The run id hashes
+# those parts alone, so that a sweep folder moved to another machine or checkout, where the same
+# files lie elsewhere, still knows its runs.
+PATH_FLAGS = {"--rom-file": 1, "--eval-model": 3}
+
+
+def path_tail(path: str, parts: int) -> str:
+    return "/".join(os.path.normpath(path).split(os.sep)[-parts:])
+
+
+def command_identity(command: str) -> str:
+    """The command as the run id hashes it: the files of PATH_FLAGS by their last path parts."""
+    tokens = shlex.split(command)
+    for i, token in enumerate(tokens):
+        flag, equals, value = token.partition("=")
+        if flag not in PATH_FLAGS:
+            continue
+        if equals:
+            tokens[i] = f"{flag}={path_tail(value, PATH_FLAGS[flag])}"
+        elif i + 1 < len(tokens):
+            tokens[i + 1] = path_tail(tokens[i + 1], PATH_FLAGS[flag])
+    return shlex.join(tokens)
+
+
 def run_id(command: str) -> str:
     """Readable and unique: `<exp-name>__<game>__s<seed>__<8 hex of the command's hash>`."""
     tokens = shlex.split(command)
@@ -98,7 +124,7 @@ def run_id(command: str) -> str:
     game = flag_value(tokens, "--env-id", "default").replace("ALE/", "").split("-v")[0]
     parts = [flag_value(tokens, "--exp-name", script), game, "s" + flag_value(tokens, "--seed", "1")]
     readable = "__".join(re.sub(r"[^A-Za-z0-9_.+-]", "_", p) for p in parts)
-    return f"{readable}__{hashlib.sha1(command.encode()).hexdigest()[:8]}"
+    return f"{readable}__{hashlib.sha1(command_identity(command).encode()).hexdigest()[:8]}"
 
 
 def state_path(run_dir: str) -> str:
@@ -126,13 +152,20 @@ def update_state(run_dir: str, **changes) -> dict:
 
 
 def register(sweep_dir: str, commands: list[str], workdir: str) -> list[str]:
-    """The run folder of every command, created (pending) when new; existing states are kept."""
+    """The run folder of every command, created (pending) when new; existing states are kept, but a
+    run that has yet to start or finish here takes this command and folder (its files may lie
+    elsewhere on this machine: PATH_FLAGS)."""
     run_dirs = []
     for command in commands:
         run_dir = os.path.join(sweep_dir, run_id(command))
         if not os.path.exists(state_path(run_dir)):
             os.makedirs(run_dir, exist_ok=True)
             write_state(run_dir, {"command": command, "workdir": workdir, "status": "pending", "attempts": 0})
+        else:
+            state = read_state(run_dir)
+            waiting = state["status"] not in FINAL and live_status(state, None) in ("pending", "stopped")
+            if waiting and (state["command"], state["workdir"]) != (command, workdir):
+                update_state(run_dir, command=command, workdir=workdir)
         run_dirs.append(run_dir)
     return run_dirs
 

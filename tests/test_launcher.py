@@ -112,6 +112,33 @@ def test_run_ids_and_commands_file(tmp_path):
         launch.read_commands(str(path))
 
 
+def test_run_ids_name_files_by_their_last_parts(tmp_path):
+    """A sweep folder moved to another machine keeps its runs: a ROM or a trained network that lies
+    elsewhere there gives the same run id; another ROM or network gives another."""
+    import hashlib
+    base = "python drq_moe_atari100k.py --exp-name drq_oldrom --env-id Amidar --seed 2"
+    assert launch.run_id(base).endswith(hashlib.sha1(base.encode()).hexdigest()[:8]), \
+        "a command without file flags is hashed whole, as before: existing sweep folders keep their ids"
+    here, there = (launch.run_id(f"{base} --rom-file {d}/amidar.bin") for d in ("/tmp/code/roms", "/home/me/atari_roms"))
+    assert here == there and here != launch.run_id(f"{base} --rom-file /tmp/code/roms/amidar_pal.bin")
+    assert here != launch.run_id(base)
+    model = "{}/sweep/drq_save__Amidar__s2__1234abcd/{}/model.pt"
+    ids = [launch.run_id(f"{base} --eval-model {model.format(root, run)}")
+           for root, run in (("/tmp/a", "Amidar__1"), ("/work/b", "Amidar__1"), ("/tmp/a", "Amidar__2"))]
+    assert ids[0] == ids[1] != ids[2]
+
+    # a run not yet finished takes the command as given here; a finished one keeps its record
+    sweep = str(tmp_path / "sweep")
+    old = [f"{base} --rom-file /tmp/code/roms/amidar.bin", f"{base.replace('--seed 2', '--seed 3')} --rom-file /tmp/code/roms/amidar.bin"]
+    new = [c.replace("/tmp/code/roms", "/home/me/atari_roms") for c in old]
+    first = launch.register(sweep, old, "/tmp/code")
+    launch.update_state(first[1], status="done")
+    second = launch.register(sweep, new, "/home/me/moe-rl")
+    assert second == first
+    assert launch.read_state(first[0])["command"] == new[0] and launch.read_state(first[0])["workdir"] == "/home/me/moe-rl"
+    assert launch.read_state(first[1])["command"] == old[1] and launch.read_state(first[1])["workdir"] == "/tmp/code"
+
+
 def test_parallel_runs_each_once(fake):
     sweep = fake / "sweep"
     commands = write_commands(fake, [fake_command(fake, "a", s, "--sleep", "1.5") for s in (1, 2, 3, 4)])

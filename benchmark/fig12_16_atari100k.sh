@@ -4,7 +4,9 @@
 # Atari 100k, 5 seeds; each for 100k agent steps (the benchmark: "no real difference") and for
 # 50M frames with an evaluation of 100 episodes every 250k steps (the figures).
 #   SEEDS=1 GAMES=Pong SCHEDULES=100k bash benchmark/fig12_16_atari100k.sh --dry-run
-#   python benchmark/aggregate.py runs/sweeps/fig12_16/der_*_50M --baseline der_none_50M
+# Names carry _impala (drq_none_impala_100k, der_soft_e4_impala_50M, ...): the agents' default
+# encoder is the Nature CNN, and atari100k_fidelity.sh's drq_none_100k is that network.
+#   python benchmark/aggregate.py runs/sweeps/fig12_16/der_*_50M --baseline der_none_impala_50M
 SWEEP=fig12_16
 RUNS_PER_GPU=${RUNS_PER_GPU:-4}  # four Atari 100k runs saturate one H100 (RESULTS.md)
 source "$(dirname "$0")/sweep_common.sh"
@@ -27,10 +29,10 @@ commands() {
     esac
     for agent in $AGENTS; do
       local script=${agent}_moe_atari100k.py common="--encoder impala $flags"
-      emit ${agent}_none_$schedule $script --moe none $common
+      emit ${agent}_none_impala_$schedule $script --moe none $common
       for e in $EXPERTS; do
-        emit ${agent}_top1_e${e}_$schedule $script --moe top1 --num-experts $e $common
-        emit ${agent}_soft_e${e}_$schedule $script --moe soft --num-experts $e $common
+        emit ${agent}_top1_e${e}_impala_$schedule $script --moe top1 --num-experts $e $common
+        emit ${agent}_soft_e${e}_impala_$schedule $script --moe soft --num-experts $e $common
       done
     done
   done

@@ -173,10 +173,10 @@ def test_a_sweep_runs_through_the_launcher(tmp_path):
     again = subprocess.run(["bash", sweep], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert again.returncode == 0 and "3 of 3 run(s) done" in again.stdout
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark", "aggregate.py"),
-                          os.path.join(tmp_path, "fig12_16"), "--baseline", "drq_none_100k", "--reps", "20"],
+                          os.path.join(tmp_path, "fig12_16"), "--baseline", "drq_none_impala_100k", "--reps", "20"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    for name in ("drq_none_100k", "drq_soft_e2_100k", "drq_top1_e2_100k"):
+    for name in ("drq_none_impala_100k", "drq_soft_e2_impala_100k", "drq_top1_e2_impala_100k"):
         assert name in out.stdout
 
 

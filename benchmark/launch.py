@@ -16,9 +16,9 @@ A commands file holds one command per line (`python dqn_moe_atari.py --env-id Po
 lines and `#` comments are skipped). Each command becomes a run folder
 `<sweep-dir>/<run-id>/`, where `<run-id>` reads `<exp-name>__<game>__s<seed>__<hash>` (the hash is
 of the whole command, so a changed command is a new run; of a ROM or model file it takes the
-name, not the folder, so the sweep folder can move to another machine: PATH_FLAGS). The folder holds `state.json`, the
-command's output in `log.txt`, and the agent's own run folder (the command gets `--runs-dir` set to
-the run folder), which `python benchmark/aggregate.py <sweep-dir>` reads.
+name, not the folder, so the sweep folder can move to another machine: PATH_FLAGS). The folder
+holds `state.json`, the command's output in `log.txt`, and the agent's own run folder (the command
+gets `--runs-dir` set to the run folder), which `python benchmark/aggregate.py <sweep-dir>` reads.
 
 A run's state goes pending -> (queued, under Slurm) -> running -> done | failed. A run that was
 stopped (Ctrl-C, SIGTERM, a Slurm time limit, a crashed machine) is started again with `--resume`
@@ -104,8 +104,11 @@ def path_tail(path: str, parts: int) -> str:
 
 
 def command_identity(command: str) -> str:
-    """The command as the run id hashes it: the files of PATH_FLAGS by their last path parts."""
+    """The command as the run id hashes it: the files of PATH_FLAGS by their last path parts (a
+    command without them as it is, so that sweep folders made before PATH_FLAGS keep their ids)."""
     tokens = shlex.split(command)
+    if not any(token.partition("=")[0] in PATH_FLAGS for token in tokens):
+        return command
     for i, token in enumerate(tokens):
         flag, equals, value = token.partition("=")
         if flag not in PATH_FLAGS:

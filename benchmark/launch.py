@@ -107,17 +107,14 @@ def command_identity(command: str) -> str:
     """The command as the run id hashes it: the files of PATH_FLAGS by their last path parts (a
     command without them as it is, so that sweep folders made before PATH_FLAGS keep their ids)."""
     tokens = shlex.split(command)
-    if not any(token.partition("=")[0] in PATH_FLAGS for token in tokens):
-        return command
-    for i, token in enumerate(tokens):
-        flag, equals, value = token.partition("=")
-        if flag not in PATH_FLAGS:
-            continue
+    named = [i for i, token in enumerate(tokens) if token.partition("=")[0] in PATH_FLAGS]
+    for i in named:
+        flag, equals, value = tokens[i].partition("=")
         if equals:
             tokens[i] = f"{flag}={path_tail(value, PATH_FLAGS[flag])}"
         elif i + 1 < len(tokens):
             tokens[i + 1] = path_tail(tokens[i + 1], PATH_FLAGS[flag])
-    return shlex.join(tokens)
+    return shlex.join(tokens) if named else command
 
 
 def run_id(command: str) -> str:
@@ -166,7 +163,7 @@ def register(sweep_dir: str, commands: list[str], workdir: str) -> list[str]:
             write_state(run_dir, {"command": command, "workdir": workdir, "status": "pending", "attempts": 0})
         else:
             state = read_state(run_dir)
-            waiting = state["status"] not in FINAL and live_status(state, None) in ("pending", "stopped")
+            waiting = live_status(state, None) in ("pending", "stopped")
             if waiting and (state["command"], state["workdir"]) != (command, workdir):
                 update_state(run_dir, command=command, workdir=workdir)
         run_dirs.append(run_dir)

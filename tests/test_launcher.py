@@ -2,6 +2,7 @@
 interrupted sweep continued (a real agent resumed from its checkpoint), and the Slurm path
 against a real single-node Slurm started by the test (Debian's slurmctld/slurmd)."""
 
+import hashlib
 import json
 import os
 import signal
@@ -115,7 +116,6 @@ def test_run_ids_and_commands_file(tmp_path):
 def test_run_ids_name_files_by_their_last_parts(tmp_path):
     """A sweep folder moved to another machine keeps its runs: a ROM or a trained network that lies
     elsewhere there gives the same run id; another ROM or network gives another."""
-    import hashlib
     base = "python drq_moe_atari100k.py --exp-name drq_oldrom --env-id Amidar --seed 2"
     assert launch.run_id(base).endswith(hashlib.sha1(base.encode()).hexdigest()[:8]), \
         "a command without file flags is hashed whole, as before: existing sweep folders keep their ids"

@@ -114,6 +114,9 @@ class Args:
     """exploration epsilon during evaluation"""
     eval_expert_noise: bool = True
     """keep the experts' noise on in evaluation, as the official code does (the heads' is always off)"""
+    eval_threads: int = 0
+    """emulator threads of an evaluation (0: one per core this process may use, up to --eval-episodes,
+    whatever OMP_NUM_THREADS says); the episodes and their returns do not depend on it"""
     save_model: bool = False
     """after training, write the network's weights to model.pt in the run folder (for --eval-model)"""
     eval_model: Optional[str] = None
@@ -1433,7 +1436,7 @@ def load_checkpoint(path: str) -> dict:
 # Flags that may differ between a run and its resumption; every other one must match.
 RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
                    "capture_video", "device", "cudagraphs", "compile", "triton_convs", "tf32", "log_every", "runs_dir",
-                   "exp_name", "emulator_process", "save_model"}
+                   "exp_name", "emulator_process", "save_model", "eval_threads"}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
@@ -2146,7 +2149,7 @@ def validate_atari100k_args(args: Args) -> None:
     """The protocol's flags, on top of the agent's (`validate_args`)."""
     if args.total_steps < 1:
         fail("--total-steps must be at least 1")
-    for name in ("eval_every", "eval_episodes", "max_noops"):
+    for name in ("eval_every", "eval_episodes", "eval_threads", "max_noops"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(args, name)})")
     if not 0.0 <= args.eval_epsilon <= 1.0:
@@ -2205,6 +2208,16 @@ def set_eval_noise(q_net: nn.Module, expert_noise: bool) -> None:
                 m.noise = "sample"
 
 
+def eval_threads(args: Args, num_envs: int) -> int:
+    """--eval-threads, or one emulator thread per core this process may use, up to `num_envs`. Not
+    OMP_NUM_THREADS's share of a machine that several runs share: an evaluation is emulation alone,
+    up to 100 x 27,000 agent steps when strong agents play to the frame limit (over 20 minutes on one
+    thread), and its threads take the cores that the runs beside it leave idle; they wait
+    without spinning (benchmark/RESULTS.md, "The evaluation's cost")."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(num_envs, args.eval_threads or cores)
+
+
 def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
              rng: np.random.Generator) -> tuple[list[float], list[int], int]:
     """`args.eval_episodes` episodes at once, one per environment of `make_vector_env`, with
@@ -2214,7 +2227,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
     Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), and
     the vector steps taken: every environment is stepped until the longest episode ends."""
     n, in_frames = args.eval_episodes, args.noop_unit == "frame"
-    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, emulator_threads(n),
+    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, eval_threads(args, n),
                            noop_frames=args.max_noops if in_frames else 0)  # ale-py takes the frames at reset
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
@@ -2389,7 +2402,8 @@ def main(args: Args) -> str:
         logger.scalars({"return": mean, "seconds": time.time() - start}, step, "eval/")
         logger.record({"eval": True, "step": step, "frames": 4 * step, "eval_return": mean,
                        "eval_episodes": len(returns), "eval_returns": returns, "eval_lengths": lengths,
-                       "eval_vector_steps": vector_steps})
+                       "eval_vector_steps": vector_steps, "eval_seconds": round(time.time() - start, 1),
+                       "eval_threads": eval_threads(args, args.eval_episodes)})
         print(f"evaluation at step {step:,}: mean return {mean:.2f} over {len(returns)} episodes "
               f"({time.time() - start:.0f} s)", flush=True)
         return mean

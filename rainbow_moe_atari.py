@@ -1398,7 +1398,7 @@ def load_checkpoint(path: str) -> dict:
 # Flags that may differ between a run and its resumption; every other one must match.
 RESUMABLE_FLAGS = {"resume", "total_frames", "checkpoint_every", "track", "wandb_project_name", "wandb_entity",
                    "capture_video", "device", "cudagraphs", "compile", "triton_convs", "tf32", "log_every", "runs_dir",
-                   "exp_name", "emulator_process", "save_model"}
+                   "exp_name", "emulator_process", "save_model", "eval_threads"}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, capturable: bool) -> None:

@@ -476,11 +476,33 @@ def test_evaluate_epsilon_draws_from_the_rng():
     assert not torch.equal(seen_other, seen)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_evaluate_plays_the_same_episodes_on_any_number_of_threads(threads):
+    """--eval-threads spreads the evaluation's emulators over threads: the episodes, with epsilon
+    0.5 so that the actions differ between them, are the same as on one thread."""
+    returns, seen = run_eval(3, eval_epsilon=0.5)
+    threaded, seen_threaded = run_eval(3, eval_epsilon=0.5, eval_threads=threads)
+    assert threaded == returns and torch.equal(seen_threaded, seen)
+
+
+@pytest.mark.parametrize("flag, omp, cores, n, expected", [(0, "1", 16, 100, 16), (0, None, 16, 8, 8), (3, "1", 16, 100, 3),
+                                                           (32, "1", 16, 10, 10)])
+def test_eval_threads_take_the_cores_not_omp_num_threads(monkeypatch, flag, omp, cores, n, expected):
+    """An evaluation's emulators get one thread per core the process may use (up to its episodes),
+    not the share OMP_NUM_THREADS gives a run on a machine shared by several; --eval-threads sets it."""
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr(drq.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert drq.eval_threads(dataclasses.replace(drq.Args(), eval_threads=flag), n) == expected
+
+
 # ------------------------------------------------------------------------------------------
 # 8. protocol flags
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [
-    ("eval_episodes", -1), ("eval_every", -5), ("max_noops", -1), ("eval_epsilon", -0.01), ("eval_epsilon", 1.5),
+    ("eval_episodes", -1), ("eval_every", -5), ("eval_threads", -2), ("max_noops", -1), ("eval_epsilon", -0.01), ("eval_epsilon", 1.5),
     ("eval_epsilon", float("nan")),
 ])
 def test_validate_atari100k_args_rejects(field, value):

@@ -319,3 +319,18 @@ def test_noop_sensitivity_plays_each_start_delay(tmp_path):
     means = noop_sensitivity.protocol_means({d: [float(d)] for d in range(120)})
     assert means["frames_0_29"] == pytest.approx(14.5) and means["steps_0_29"] == pytest.approx(58.0)
     assert means["phase_1"] == pytest.approx(np.mean(range(1, 120, 4)))
+
+
+def test_eval_threads_quick(tmp_path):
+    """Every thread count is timed and written, its steps per second positive; a bad count fails in one line."""
+    out = tmp_path / "eval_threads.json"
+    proc = subprocess.run([sys.executable, "benchmark/eval_threads.py", "--threads", "1,2", "--envs", "4", "--steps", "10",
+                           "--pause-ms", "1", "--game", "Pong", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert [row["threads"] for row in r["rows"]] == [1, 2] and r["envs"] == 4
+    assert all(row["env_steps_per_s"] > 0 and row["cpu_per_wall_with_pauses"] > 0 for row in r["rows"])
+    bad = subprocess.run([sys.executable, "benchmark/eval_threads.py", "--threads", "0", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1

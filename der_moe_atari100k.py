@@ -2208,12 +2208,12 @@ def set_eval_noise(q_net: nn.Module, expert_noise: bool) -> None:
                 m.noise = "sample"
 
 
-def eval_threads(args: Args, num_envs: int) -> int:
+def evaluation_threads(args: Args, num_envs: int) -> int:
     """--eval-threads, or one emulator thread per core this process may use, up to `num_envs`. Not
     OMP_NUM_THREADS's share of a machine that several runs share: an evaluation is emulation alone,
-    up to 100 x 27,000 agent steps when strong agents play to the frame limit (over 20 minutes on one
-    thread), and its threads take the cores that the runs beside it leave idle; they wait
-    without spinning (benchmark/RESULTS.md, "The evaluation's cost")."""
+    up to 100 x 27,000 agent steps when strong agents play to the frame limit (11 minutes on one
+    free thread, over 20 on a busy machine), and its threads take the cores that the runs beside it
+    leave idle; they wait without spinning (benchmark/RESULTS.md, "The evaluation's cost")."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(num_envs, args.eval_threads or cores)
 
@@ -2227,7 +2227,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
     Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), and
     the vector steps taken: every environment is stepped until the longest episode ends."""
     n, in_frames = args.eval_episodes, args.noop_unit == "frame"
-    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, eval_threads(args, n),
+    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, evaluation_threads(args, n),
                            noop_frames=args.max_noops if in_frames else 0)  # ale-py takes the frames at reset
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
@@ -2403,7 +2403,7 @@ def main(args: Args) -> str:
         logger.record({"eval": True, "step": step, "frames": 4 * step, "eval_return": mean,
                        "eval_episodes": len(returns), "eval_returns": returns, "eval_lengths": lengths,
                        "eval_vector_steps": vector_steps, "eval_seconds": round(time.time() - start, 1),
-                       "eval_threads": eval_threads(args, args.eval_episodes)})
+                       "eval_threads": evaluation_threads(args, args.eval_episodes)})
         print(f"evaluation at step {step:,}: mean return {mean:.2f} over {len(returns)} episodes "
               f"({time.time() - start:.0f} s)", flush=True)
         return mean

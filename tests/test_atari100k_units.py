@@ -495,7 +495,7 @@ def test_eval_threads_take_the_cores_not_omp_num_threads(monkeypatch, flag, omp,
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", omp)
     monkeypatch.setattr(drq.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert drq.eval_threads(dataclasses.replace(drq.Args(), eval_threads=flag), n) == expected
+    assert drq.evaluation_threads(dataclasses.replace(drq.Args(), eval_threads=flag), n) == expected
 
 
 # ------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,39 @@ def startable(run_dirs: list[str], retry_failed: bool) -> list[str]:
         print(f"launch: {len(run_dirs) - len(pending)} of {len(run_dirs)} run(s) done, failed or under way: "
               "not started again", flush=True)
     return pending
+
+
+def without_seed(command: str) -> str:
+    """The command as `command_identity` has it, less its --seed: the runs of one configuration on
+    one game."""
+    kept, tokens = [], shlex.split(command_identity(command))
+    skip = False
+    for token in tokens:
+        if skip or token.startswith("--seed="):
+            skip = False
+            continue
+        skip = token == "--seed"
+        if not skip:
+            kept.append(token)
+    return shlex.join(kept)
+
+
+def longest_first(run_dirs: list[str], sweep_dir: str) -> list[str]:
+    """`run_dirs` in the order that ends a batch soonest on a machine lent for a fixed time (the
+    longest processing time first rule): each run's expected wall clock is the median of the
+    finished runs in the sweep folder with its command but another --seed, and runs with none come
+    first, in their order, as if longest."""
+    seconds: dict[str, list[float]] = {}
+    for run_dir in sweep_runs(sweep_dir):
+        state = read_state(run_dir)
+        if state.get("status") == "done" and state.get("started") and state.get("ended"):
+            seconds.setdefault(without_seed(state["command"]), []).append(state["ended"] - state["started"])
+
+    def expected(run_dir: str) -> float:
+        known = seconds.get(without_seed(read_state(run_dir)["command"]))
+        return statistics.median(known) if known else float("inf")
+
+    return sorted(run_dirs, key=expected, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,6 +571,10 @@ def parse_args(argv=None):
     p.add_argument("--mps", action="store_true",
                    help="start NVIDIA's Multi-Process Service so that the runs sharing a GPU run their kernels side by side")
     p.add_argument("--threads-per-run", type=int, default=0, help="OMP/torch threads of a run (default: cores / runs at once)")
+    p.add_argument("--longest-first", action="store_true",
+                   help="start the runs expected to take longest first: by the median wall clock of the sweep's "
+                        "finished runs of the same command but --seed (runs with none first); with --start-within, "
+                        "a lent machine's runs then end closer together")
     p.add_argument("--start-within", type=float, default=0,
                    help="start no run later than this many seconds after the launcher began (0: no limit); the runs "
                         "going then finish, the rest wait for the next launch: for a machine lent for a fixed time, "
@@ -587,6 +625,8 @@ def main(argv=None) -> int:
         print(f"# {len(commands)} command(s); sweep folder {opts.sweep_dir}", file=sys.stderr)
         return 0
     run_dirs = register(opts.sweep_dir, commands, os.getcwd())
+    if opts.longest_first:
+        run_dirs = longest_first(run_dirs, opts.sweep_dir)
     if opts.slurm:
         return submit_slurm(startable(run_dirs, opts.retry_failed), opts)
     with sweep_lock(opts.sweep_dir):  # before reading the states: a second launcher would start the same runs

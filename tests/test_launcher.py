@@ -176,6 +176,30 @@ def test_start_within_starts_no_run_after_its_time(fake):
     assert code == 0 and "3 done, 0 failed" in out and len(stamps(fake)) == 4
 
 
+def test_longest_first_starts_the_longest_expected_runs_first(fake):
+    """--longest-first: seed 2 of three configurations starts in the order of seed 1's wall clock,
+    longest first, after a configuration with no finished run; without the flag, in the file's order."""
+    sweep = fake / "sweep"
+    sleeps = {"short": 0.1, "long": 1.5, "mid": 0.8}
+    first = write_commands(fake, [fake_command(fake, name, 1, "--sleep", t) for name, t in sleeps.items()])
+    code, out = launcher(sweep, first, "--jobs", "3")
+    assert code == 0 and "3 done" in out, out
+    mid1, mid2, long1 = (launch.without_seed(fake_command(fake, name, seed, "--sleep", sleeps[name]))
+                         for name, seed in (("mid", 1), ("mid", 2), ("long", 1)))
+    assert mid1 == mid2 != long1
+    second = [fake_command(fake, name, 2, "--sleep", t) for name, t in {**sleeps, "new": 0.1}.items()]
+    before = len(stamps(fake))
+    code, out = launcher(sweep, write_commands(fake, second), "--jobs", "1", "--longest-first")
+    assert code == 0 and "4 done" in out, out
+    started = sorted((r for r in stamps(fake) if r["args"][r["args"].index("--seed") + 1] == "2"), key=lambda r: r["start"])
+    assert len(stamps(fake)) == before + 4
+    assert [r["args"][r["args"].index("--exp-name") + 1] for r in started] == ["new", "long", "mid", "short"]
+    in_order = launch.register(str(sweep), [fake_command(fake, name, 3, "--sleep", t) for name, t in sleeps.items()], str(fake))
+    assert [os.path.basename(d).split("__")[0] for d in in_order] == ["short", "long", "mid"]
+    reordered = launch.longest_first(in_order, str(sweep))
+    assert [os.path.basename(d).split("__")[0] for d in reordered] == ["long", "mid", "short"]
+
+
 def test_runs_share_out_the_gpus(fake):
     """--gpus 0,1 --runs-per-gpu 2: four runs at once, two on each GPU (the launcher only sets
     CUDA_VISIBLE_DEVICES, so this runs without a GPU)."""

@@ -64,11 +64,14 @@ def load_published(path: str) -> dict[str, np.ndarray]:
 
 
 def rank(runs_dirs: list[str], published: dict[str, np.ndarray]) -> tuple[list[dict], dict]:
-    rows = []
+    rows, unfinished = [], []
     for path in find_run_dirs(runs_dirs):
         run = read_run(path)
         score = final_score(run.points, None, 1) if run.finished else None  # aggregate.py's score of a run
-        if run.reason or score is None or table_key(run.game) not in published:
+        if run.reason or table_key(run.game) not in published:
+            continue
+        if score is None:
+            unfinished.append(f"{run.game} seed {run.seed}")
             continue
         theirs = published[table_key(run.game)]
         rows.append({"game": run.game, "seed": run.seed, "exp_name": run.config.get("exp_name", ""), "score": score,
@@ -82,7 +85,7 @@ def rank(runs_dirs: list[str], published: dict[str, np.ndarray]) -> tuple[list[d
     test = scipy.stats.kstest(p, "uniform")
     summary = {"runs": len(p), "games": len({r["game"] for r in rows}), "mean_percentile": float(p.mean()),
                "standard_error_if_same": 1 / math.sqrt(12 * len(p)), "ks_statistic": float(test.statistic),
-               "ks_p_value": float(test.pvalue)}
+               "ks_p_value": float(test.pvalue), "unfinished": sorted(unfinished, key=natural_key)}
     return rows, summary
 
 
@@ -316,6 +319,10 @@ def main(argv=None) -> int:
         plot_against_published(rows, tables, s, args.plot)
     if len(names) > 1:
         print(f"warning: runs of {len(names)} experiments ranked together ({', '.join(names)})", file=sys.stderr)
+    if s["unfinished"]:
+        shown = ", ".join(s["unfinished"][:8]) + (", ..." if len(s["unfinished"]) > 8 else "")
+        print(f"warning: {len(s['unfinished'])} run(s) without a final score left out ({shown}): runs cut short by "
+              "time are not a random sample (strong agents evaluate longest)", file=sys.stderr)
     if args.out:
         with open(args.out, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

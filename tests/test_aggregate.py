@@ -559,6 +559,9 @@ def test_percentiles_among_published_runs(tmp_path, capsys):
     assert [r["percentile"] for r in rows if r["game"] == "Pong"] == pytest.approx([0.025 + 0.05 * i for i in range(20)])
     assert s["mean_percentile"] == pytest.approx(np.mean([r["percentile"] for r in rows]))
     assert s["standard_error_if_same"] == pytest.approx(1 / np.sqrt(12 * 21)) and s["ks_p_value"] > 0.5
+    assert s["unfinished"] == ["Pong seed 99"]
+    assert rank_against_published.main([str(same), "--published", str(path)]) == 0
+    assert "warning: 1 run(s) without a final score left out (Pong seed 99)" in capsys.readouterr().err
     status = rank_against_published.main([str(better), "--published", str(path), "--out", str(tmp_path / "r.csv")])
     out = capsys.readouterr().out
     assert status == 0 and "mean percentile 1.000" in out and "| Pong | 0 | 200.0 | 50.5 |" in out

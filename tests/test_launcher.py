@@ -180,7 +180,7 @@ def test_longest_first_starts_the_longest_expected_runs_first(fake):
     """--longest-first: seed 2 of three configurations starts in the order of seed 1's wall clock,
     longest first, after a configuration with no finished run; without the flag, in the file's order."""
     sweep = fake / "sweep"
-    sleeps = {"short": 0.1, "long": 1.5, "mid": 0.8}
+    sleeps = {"short": 0.1, "long": 2.0, "mid": 1.0}
     first = write_commands(fake, [fake_command(fake, name, 1, "--sleep", t) for name, t in sleeps.items()])
     code, out = launcher(sweep, first, "--jobs", "3")
     assert code == 0 and "3 done" in out, out

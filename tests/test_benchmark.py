@@ -334,3 +334,17 @@ def test_eval_threads_quick(tmp_path):
     bad = subprocess.run([sys.executable, "benchmark/eval_threads.py", "--threads", "0", "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_life_loss_phase_counts_the_cut_frame_skips(tmp_path):
+    """Under Dopamine's rule a life-losing step plays 1-4 frames: Breakout's random play loses lives
+    and shifts later steps' phase, Pong has no lives to lose and keeps the start's phase."""
+    out = tmp_path / "phase.json"
+    proc = subprocess.run([sys.executable, "benchmark/life_loss_phase.py", "--games", "Breakout,Pong", "--episodes", "1",
+                           "--max-frames", "3000", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    breakout, pong = json.loads(out.read_text())["rows"]
+    by_k = breakout["life_loss_steps_by_frames_played"]
+    assert breakout["lives_lost_per_episode"] >= 1 and sum(by_k.values()) == breakout["lives_lost_per_episode"]
+    assert breakout["share_of_steps_at_another_phase"] > 0 or all(by_k[k] == 0 for k in "123")
+    assert pong["lives_lost_per_episode"] == 0 and pong["share_of_steps_at_another_phase"] == 0

@@ -235,16 +235,10 @@ def startable(run_dirs: list[str], retry_failed: bool) -> list[str]:
 def without_seed(command: str) -> str:
     """The command as `command_identity` has it, less its --seed: the runs of one configuration on
     one game."""
-    kept, tokens = [], shlex.split(command_identity(command))
-    skip = False
-    for token in tokens:
-        if skip or token.startswith("--seed="):
-            skip = False
-            continue
-        skip = token == "--seed"
-        if not skip:
-            kept.append(token)
-    return shlex.join(kept)
+    tokens = shlex.split(command_identity(command))
+    seeds = {i for i, t in enumerate(tokens) if t == "--seed"}
+    return shlex.join(t for i, t in enumerate(tokens)
+                      if i not in seeds and i - 1 not in seeds and not t.startswith("--seed="))
 
 
 def longest_first(run_dirs: list[str], sweep_dir: str) -> list[str]:

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -51,7 +52,6 @@ def play_episode(env, rng: np.random.Generator, max_frames: int) -> dict:
 
 
 def measure(game: str, episodes: int, max_frames: int, seed: int) -> dict:
-    import gymnasium as gym
     env = gym.make(drq.resolve_env_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False,
                    max_num_frames_per_episode=max_frames)
     rng = np.random.default_rng(seed)

@@ -85,6 +85,12 @@ class Args:
     """repeat the previous action with probability 0.25 at every frame (off in Atari 100k)"""
     terminal_on_life_loss: bool = True
     """a lost life ends the agent's episode (terminal transition, fresh frame stack) while the game goes on"""
+    life_loss_frame_skip: Literal["full", "cut", "cut_2021"] = "full"
+    """the step that loses a life: `full` plays its four frames (gymnasium's AtariPreprocessing);
+    `cut` stops at the frame that lost it, which shifts the frame phase of every later step
+    (Dopamine's AtariPreprocessing under terminal_on_life_loss, since April 2022); `cut_2021` the same,
+    without reading that frame's screen (the 2021 code of the published runs). A cut needs
+    --terminal-on-life-loss and --num-envs 1, and plays the evaluation in child processes"""
     max_noops: int = 30
     """each episode starts with 0..max_noops-1 random NOOP actions (the official 100k runner)"""
     noop_unit: Literal["step", "frame"] = "step"
@@ -244,10 +250,44 @@ def resolve_env_id(name: str) -> str:
     fail(f"unknown game '{name}' for --env-id.{hint}")
 
 
-def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: int, video_dir: Optional[str] = None):
+class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
+    """gymnasium's AtariPreprocessing (frame skip 4, a max over the last two frames, grayscale
+    84x84) with Dopamine's rule for a lost life (`atari_lib.AtariPreprocessing.step`): with
+    `life_loss` "cut" or "cut_2021" a step stops at the frame that loses a life, as Dopamine's
+    does under terminal_on_life_loss (every Atari 100k config), so it plays 1 to 4 frames and
+    shifts every later step's frame phase; "full" plays all four. The pooled screens are the third
+    and fourth frames', in Dopamine's buffers 0 and 1 (gymnasium's 1 and 0 with "full"; pooled in
+    place into buffer 0 by both): a step that stops early keeps in a buffer it did not reach what an
+    earlier step left there. "cut" reads the screen of the frame that ends the step, a lost life's
+    or the game's last, before stopping (Dopamine since April 2022, commit 9e8c66a, which the MoE
+    paper runs); "cut_2021" and "full" stop before it (the 2021 code of the published DER and
+    DrQ(eps) runs; gymnasium). The game goes on after a lost life: `terminated` is game over."""
+
+    def __init__(self, env, life_loss: str = "full"):
+        super().__init__(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
+        self.life_loss = life_loss
+        self.buffer_of_frame = {2: 1, 3: 0} if life_loss == "full" else {2: 0, 3: 1}
+
+    def step(self, action):
+        total_reward, terminated, truncated, info = 0.0, False, False, {}
+        for t in range(4):
+            _, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += reward
+            lost_life, self.lives = self.ale.lives() < self.lives, self.ale.lives()
+            stop = terminated or truncated or (lost_life and self.life_loss != "full")
+            if t >= 2 and not (stop and self.life_loss != "cut"):
+                self.ale.getScreenGrayscale(self.obs_buffer[self.buffer_of_frame[t]])
+            if stop:
+                break
+        return self._get_obs(), total_reward, terminated, truncated, info
+
+
+def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: int, video_dir: Optional[str] = None,
+             life_loss: str = "full"):
     """One Atari environment with Dopamine's preprocessing: frame skip 4 with a max over the last
     two frames, grayscale 84x84, no no-op starts, no life-loss terminals (frames are stacked by
-    the agent and the replay, not here). Any ALE id (v5, v4, NoFrameskip) gets this protocol."""
+    the agent and the replay, not here), and the frame skip at a lost life of `DopamineFrameSkip`.
+    Any ALE id (v5, v4, NoFrameskip) gets this protocol."""
     kwargs = dict(render_mode="rgb_array") if video_dir else {}
     kwargs.update(
         frameskip=1,
@@ -259,7 +299,7 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
     env = gym.make(env_id, max_episode_steps=max_episode_frames, **kwargs)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, disable_logger=True)
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
+    env = DopamineFrameSkip(env, life_loss)
     env.action_space.seed(seed)
     return env
 
@@ -296,12 +336,17 @@ def rom_provenance(env_id: str) -> dict:
 
 
 def get_env_state(env) -> dict:
-    """What an exact resume needs of the environment: the emulator with its RNG (sticky actions)."""
-    return {"ale": env.unwrapped.ale.cloneState(include_rng=True)}
+    """What an exact resume needs of the environment: the emulator with its RNG (sticky actions),
+    and the lives and screens of `DopamineFrameSkip`, which a cut step reads."""
+    return {"ale": env.unwrapped.ale.cloneState(include_rng=True), "lives": env.lives,
+            "screens": [b.copy() for b in env.obs_buffer]}
 
 
 def set_env_state(env, state: dict) -> None:
     env.unwrapped.ale.restoreState(state["ale"])
+    env.lives = state.get("lives", env.unwrapped.ale.lives())
+    for buffer, screen in zip(env.obs_buffer, state.get("screens", [])):
+        buffer[:] = screen
 
 
 def emulator_threads(num_envs: int) -> int:
@@ -337,6 +382,7 @@ def emulator_call(env, command: str, arg=None):
     if command == "noop_frames":  # raw NOOP emulator frames; the observation stays as it was
         for _ in range(arg):
             ale.act(ale_py.Action.NOOP)
+        env.lives = ale.lives()
         return ale.lives(), ale.game_over()
     if command == "state":
         return get_env_state(env)
@@ -349,10 +395,10 @@ def emulator_call(env, command: str, arg=None):
 
 
 class LocalEmulator:
-    """`make_env`'s environment in the loop's own process: a call `start`s and runs at `finish`."""
+    """`make_env(*env_args)`'s environment in the loop's own process: a call `start`s and runs at `finish`."""
 
-    def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
-        self.env = make_env(*env_args, video_dir)
+    def __init__(self, env_args: tuple):
+        self.env = make_env(*env_args)
         self.pending = None
 
     def start(self, command: str, arg=None) -> None:
@@ -369,21 +415,33 @@ class LocalEmulator:
         self.env.close()
 
 
-def emulator_process_main(conn, env_args: tuple, video_dir: Optional[str], roms: dict) -> None:
-    """The child process of `EmulatorProcess`: runs the calls it receives until told to close, or
-    until the parent's end of the pipe goes away. `roms`: the parent's `rom_files`."""
+def emulator_process_main(conn, env_args: list, roms: dict) -> None:
+    """A child process of `EmulatorProcess` or `EmulatorGroups`: one `make_env` environment per
+    tuple of `env_args`, running the calls it receives ({env: arg} in, {env: result} out) until
+    told to close, or until the parent's end of the pipe goes away. `roms`: the parent's `rom_files`."""
     for game, path in roms.items():
         use_rom_file(game, path)
-    env = make_env(*env_args, video_dir)
+    envs = [make_env(*a) for a in env_args]
     try:
         while True:
-            command, arg = conn.recv()
+            command, args = conn.recv()
             if command == "close":
                 break
-            conn.send(emulator_call(env, command, arg))
+            conn.send({i: emulator_call(envs[i], command, arg) for i, arg in args.items()})
     except EOFError:
         pass
-    env.close()
+    for env in envs:
+        env.close()
+
+
+def start_emulator_process(env_args: list):
+    """`emulator_process_main` in a new process: returns the pipe's end and the process."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process with CUDA and thread pools
+    conn, child = context.Pipe()
+    process = context.Process(target=emulator_process_main, args=(child, env_args, rom_files()), daemon=True)
+    process.start()
+    child.close()
+    return conn, process
 
 
 class EmulatorProcess(LocalEmulator):
@@ -391,19 +449,14 @@ class EmulatorProcess(LocalEmulator):
     the loop's other work runs beside it, as gymnasium's env holds the GIL for its whole step and
     a thread could not. The emulator state still comes back for checkpoints, so resume stays exact."""
 
-    def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
-        context = multiprocessing.get_context("spawn")  # no fork of a process with CUDA and thread pools
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=emulator_process_main, args=(child, env_args, video_dir, rom_files()),
-                                       daemon=True)
-        self.process.start()
-        child.close()
+    def __init__(self, env_args: tuple):
+        self.conn, self.process = start_emulator_process([env_args])
 
     def start(self, command: str, arg=None) -> None:
-        self.conn.send((command, arg))
+        self.conn.send((command, {0: arg}))
 
     def finish(self):
-        return self.conn.recv()
+        return self.conn.recv()[0]
 
     def close(self) -> None:
         self.conn.send(("close", None))
@@ -418,15 +471,17 @@ class AtariEnvs:
     whose emulator state a checkpoint saves (exact resume), stepped at `recv` in the loop's
     process, or from `send` on in a child process (`emulator_process`); K > 1 is ale-py's threaded
     C++ vector env (`make_vector_env`), stepping while the learner works, with no emulator state
-    to save."""
+    to save, and no frame skip cut at a lost life (`life_loss`: `DopamineFrameSkip`)."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, sticky_actions: bool, max_episode_frames: int,
-                 video_dir: Optional[str] = None, emulator_process: bool = False):
+                 video_dir: Optional[str] = None, emulator_process: bool = False, life_loss: str = "full"):
         self.num_envs = num_envs
         if num_envs == 1:
             emulator = EmulatorProcess if emulator_process else LocalEmulator
-            self.env = emulator((env_id, seed, sticky_actions, max_episode_frames), video_dir)
+            self.env = emulator((env_id, seed, sticky_actions, max_episode_frames, video_dir, life_loss))
             self.num_actions = self.env.call("num_actions")
+        elif life_loss != "full":
+            fail(f"a frame skip cut at a lost life ({life_loss}) needs one environment: ale-py's vector env plays four frames")
         else:
             self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, emulator_threads(num_envs))
             self.num_actions = int(self.env.single_action_space.n)
@@ -2161,6 +2216,12 @@ def validate_atari100k_args(args: Args) -> None:
     if args.num_envs > 1 and args.emulator_process:
         fail("--emulator-process moves the one environment's emulator: with --num-envs above 1 they already step in "
              "ale-py's threads")
+    if args.life_loss_frame_skip != "full" and not args.terminal_on_life_loss:
+        fail(f"--life-loss-frame-skip {args.life_loss_frame_skip} is Dopamine's rule under terminal_on_life_loss: "
+             "use it with --terminal-on-life-loss")
+    if args.life_loss_frame_skip != "full" and args.num_envs > 1:
+        fail(f"--life-loss-frame-skip {args.life_loss_frame_skip} stops a step in the one environment's emulator: "
+             "use it with --num-envs 1 (ale-py's vector env plays four frames)")
     if args.noop_unit == "frame" and args.num_envs > 1:
         fail("--noop-unit frame takes the no-ops in the one environment's emulator: use it with --num-envs 1")
     if args.shift_per != "sample" and not args.data_augmentation:
@@ -2218,17 +2279,82 @@ def evaluation_threads(args: Args, num_envs: int) -> int:
     return min(num_envs, args.eval_threads or cores)
 
 
+class EmulatorGroups:
+    """`num_envs` `make_env` environments spread over `num_processes` child processes, with the
+    calls and arrays of ale-py's vector env that `evaluate` uses (`reset`, `step`, `close`): for
+    the frame skip cut at a lost life (`DopamineFrameSkip`), which ale-py's cannot play. An
+    environment whose episode ended is not stepped again: its last frame and lives come back, with
+    no reward. `noop_frames` > 0: each reset takes 0..noop_frames-1 NOOP emulator frames, drawn from
+    the reset's seed, after which the observation is still the game's first screen, as in training."""
+
+    def __init__(self, env_id: str, num_envs: int, sticky_actions: bool, max_episode_frames: int,
+                 num_processes: int, life_loss: str, noop_frames: int = 0):
+        self.num_envs, self.noop_frames = num_envs, noop_frames
+        env_args = (env_id, 0, sticky_actions, max_episode_frames, None, life_loss)
+        self.groups = [g.tolist() for g in np.array_split(np.arange(num_envs), min(num_processes, num_envs))]
+        self.workers = [start_emulator_process([env_args] * len(g)) for g in self.groups]
+        self.frames = np.zeros((num_envs, 1, 84, 84), dtype=np.uint8)
+        self.lives, self.ended = np.zeros(num_envs, dtype=np.int64), np.zeros(num_envs, dtype=bool)
+
+    def call(self, command: str, args: dict) -> dict:
+        """`command` in the environments of `args` ({env: arg}), all processes at once: {env: result}."""
+        for (conn, _), group in zip(self.workers, self.groups):
+            conn.send((command, {i: args[e] for i, e in enumerate(group) if e in args}))
+        results = {}
+        for (conn, _), group in zip(self.workers, self.groups):
+            results.update({group[i]: result for i, result in conn.recv().items()})
+        return results
+
+    def reset(self, seed: int):
+        rng = np.random.default_rng(seed)
+        seeds = {e: int(s) for e, s in enumerate(rng.integers(2**31, size=self.num_envs))}
+        noops = rng.integers(self.noop_frames, size=self.num_envs) if self.noop_frames > 0 else np.zeros(self.num_envs, int)
+        for e, (obs, lives) in self.call("reset", seeds).items():
+            self.frames[e, 0], self.lives[e] = obs, lives
+        over = self.call("noop_frames", {e: int(k) for e, k in enumerate(noops) if k > 0})
+        for e, (obs, lives) in self.call("reset", {e: seeds[e] for e, (_, o) in over.items() if o}).items():
+            self.frames[e, 0], self.lives[e] = obs, lives
+        self.lives[[e for e, (_, o) in over.items() if not o]] = [lives for lives, o in over.values() if not o]
+        self.ended[:] = False
+        return self.frames.copy(), {"lives": self.lives.copy()}
+
+    def step(self, actions: np.ndarray):
+        reward, terminated, truncated = np.zeros(self.num_envs), np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool)
+        active = {e: int(actions[e]) for e in np.flatnonzero(~self.ended).tolist()}
+        for e, (obs, r, term, trunc, lives) in self.call("step", active).items():
+            self.frames[e, 0], reward[e], terminated[e], truncated[e], self.lives[e] = obs, r, term, trunc, lives
+        self.ended |= terminated | truncated
+        return self.frames.copy(), reward, terminated, truncated, {"lives": self.lives.copy()}
+
+    def close(self) -> None:
+        for conn, process in self.workers:
+            conn.send(("close", None))
+        for conn, process in self.workers:
+            process.join(timeout=30)
+
+
+def evaluation_envs(args: Args, env_id: str, n: int):
+    """The evaluation's n environments: ale-py's vector env, or `EmulatorGroups` for a frame skip
+    cut at a lost life (--life-loss-frame-skip cut or cut_2021), one process per thread it would take."""
+    noop_frames = args.max_noops if args.noop_unit == "frame" else 0  # taken at reset
+    if args.life_loss_frame_skip == "full":
+        return make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, evaluation_threads(args, n),
+                               noop_frames=noop_frames)
+    return EmulatorGroups(env_id, n, args.sticky_actions, args.max_episode_frames, evaluation_threads(args, n),
+                          args.life_loss_frame_skip, noop_frames=noop_frames)
+
+
 def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
              rng: np.random.Generator) -> tuple[list[float], list[int], int]:
-    """`args.eval_episodes` episodes at once, one per environment of `make_vector_env`, with
-    epsilon `args.eval_epsilon`, random no-op starts (agent steps, or emulator frames that ale-py
-    takes at reset, whose last screen is the first observation), and a fresh frame stack after a
+    """`args.eval_episodes` episodes at once, one per environment of `evaluation_envs`, with
+    epsilon `args.eval_epsilon`, random no-op starts (agent steps, or emulator frames taken at
+    reset: by ale-py, whose last screen is then the first observation, or by `EmulatorGroups`, whose
+    first observation stays the game's first screen), and a fresh frame stack after a
     lost life when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
     Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), and
     the vector steps taken: every environment is stepped until the longest episode ends."""
     n, in_frames = args.eval_episodes, args.noop_unit == "frame"
-    envs = make_vector_env(env_id, n, args.sticky_actions, args.max_episode_frames, evaluation_threads(args, n),
-                           noop_frames=args.max_noops if in_frames else 0)  # ale-py takes the frames at reset
+    envs = evaluation_envs(args, env_id, n)
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
     stacks = np.zeros((n, 4, 84, 84), dtype=np.uint8)
     stacks[:, -1] = obs[:, -1]
@@ -2284,7 +2410,8 @@ def main(args: Args) -> str:
     if args.rom_file:
         use_rom_file(gym.spec(env_id).kwargs["game"], args.rom_file)
     envs = AtariEnvs(env_id, args.num_envs, args.seed, args.sticky_actions, args.max_episode_frames,
-                     os.path.join(run_dir, "videos") if args.capture_video else None, args.emulator_process)
+                     os.path.join(run_dir, "videos") if args.capture_video else None, args.emulator_process,
+                     args.life_loss_frame_skip)
     num_actions, K = envs.num_actions, args.num_envs
     q_net = RainbowNetwork(args, num_actions).to(device, memory_format=memory_format(device))
     # a target synced at every step holds the weights the online network has when it is read

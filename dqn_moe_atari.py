@@ -197,10 +197,44 @@ def resolve_env_id(name: str) -> str:
     fail(f"unknown game '{name}' for --env-id.{hint}")
 
 
-def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: int, video_dir: Optional[str] = None):
+class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
+    """gymnasium's AtariPreprocessing (frame skip 4, a max over the last two frames, grayscale
+    84x84) with Dopamine's rule for a lost life (`atari_lib.AtariPreprocessing.step`): with
+    `life_loss` "cut" or "cut_2021" a step stops at the frame that loses a life, as Dopamine's
+    does under terminal_on_life_loss (every Atari 100k config), so it plays 1 to 4 frames and
+    shifts every later step's frame phase; "full" plays all four. The pooled screens are the third
+    and fourth frames', in Dopamine's buffers 0 and 1 (gymnasium's 1 and 0 with "full"; pooled in
+    place into buffer 0 by both): a step that stops early keeps in a buffer it did not reach what an
+    earlier step left there. "cut" reads the screen of the frame that ends the step, a lost life's
+    or the game's last, before stopping (Dopamine since April 2022, commit 9e8c66a, which the MoE
+    paper runs); "cut_2021" and "full" stop before it (the 2021 code of the published DER and
+    DrQ(eps) runs; gymnasium). The game goes on after a lost life: `terminated` is game over."""
+
+    def __init__(self, env, life_loss: str = "full"):
+        super().__init__(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
+        self.life_loss = life_loss
+        self.buffer_of_frame = {2: 1, 3: 0} if life_loss == "full" else {2: 0, 3: 1}
+
+    def step(self, action):
+        total_reward, terminated, truncated, info = 0.0, False, False, {}
+        for t in range(4):
+            _, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += reward
+            lost_life, self.lives = self.ale.lives() < self.lives, self.ale.lives()
+            stop = terminated or truncated or (lost_life and self.life_loss != "full")
+            if t >= 2 and not (stop and self.life_loss != "cut"):
+                self.ale.getScreenGrayscale(self.obs_buffer[self.buffer_of_frame[t]])
+            if stop:
+                break
+        return self._get_obs(), total_reward, terminated, truncated, info
+
+
+def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: int, video_dir: Optional[str] = None,
+             life_loss: str = "full"):
     """One Atari environment with Dopamine's preprocessing: frame skip 4 with a max over the last
     two frames, grayscale 84x84, no no-op starts, no life-loss terminals (frames are stacked by
-    the agent and the replay, not here). Any ALE id (v5, v4, NoFrameskip) gets this protocol."""
+    the agent and the replay, not here), and the frame skip at a lost life of `DopamineFrameSkip`.
+    Any ALE id (v5, v4, NoFrameskip) gets this protocol."""
     kwargs = dict(render_mode="rgb_array") if video_dir else {}
     kwargs.update(
         frameskip=1,
@@ -212,7 +246,7 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
     env = gym.make(env_id, max_episode_steps=max_episode_frames, **kwargs)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, disable_logger=True)
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
+    env = DopamineFrameSkip(env, life_loss)
     env.action_space.seed(seed)
     return env
 
@@ -249,12 +283,17 @@ def rom_provenance(env_id: str) -> dict:
 
 
 def get_env_state(env) -> dict:
-    """What an exact resume needs of the environment: the emulator with its RNG (sticky actions)."""
-    return {"ale": env.unwrapped.ale.cloneState(include_rng=True)}
+    """What an exact resume needs of the environment: the emulator with its RNG (sticky actions),
+    and the lives and screens of `DopamineFrameSkip`, which a cut step reads."""
+    return {"ale": env.unwrapped.ale.cloneState(include_rng=True), "lives": env.lives,
+            "screens": [b.copy() for b in env.obs_buffer]}
 
 
 def set_env_state(env, state: dict) -> None:
     env.unwrapped.ale.restoreState(state["ale"])
+    env.lives = state.get("lives", env.unwrapped.ale.lives())
+    for buffer, screen in zip(env.obs_buffer, state.get("screens", [])):
+        buffer[:] = screen
 
 
 def emulator_threads(num_envs: int) -> int:
@@ -290,6 +329,7 @@ def emulator_call(env, command: str, arg=None):
     if command == "noop_frames":  # raw NOOP emulator frames; the observation stays as it was
         for _ in range(arg):
             ale.act(ale_py.Action.NOOP)
+        env.lives = ale.lives()
         return ale.lives(), ale.game_over()
     if command == "state":
         return get_env_state(env)
@@ -302,10 +342,10 @@ def emulator_call(env, command: str, arg=None):
 
 
 class LocalEmulator:
-    """`make_env`'s environment in the loop's own process: a call `start`s and runs at `finish`."""
+    """`make_env(*env_args)`'s environment in the loop's own process: a call `start`s and runs at `finish`."""
 
-    def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
-        self.env = make_env(*env_args, video_dir)
+    def __init__(self, env_args: tuple):
+        self.env = make_env(*env_args)
         self.pending = None
 
     def start(self, command: str, arg=None) -> None:
@@ -322,21 +362,33 @@ class LocalEmulator:
         self.env.close()
 
 
-def emulator_process_main(conn, env_args: tuple, video_dir: Optional[str], roms: dict) -> None:
-    """The child process of `EmulatorProcess`: runs the calls it receives until told to close, or
-    until the parent's end of the pipe goes away. `roms`: the parent's `rom_files`."""
+def emulator_process_main(conn, env_args: list, roms: dict) -> None:
+    """A child process of `EmulatorProcess` or `EmulatorGroups`: one `make_env` environment per
+    tuple of `env_args`, running the calls it receives ({env: arg} in, {env: result} out) until
+    told to close, or until the parent's end of the pipe goes away. `roms`: the parent's `rom_files`."""
     for game, path in roms.items():
         use_rom_file(game, path)
-    env = make_env(*env_args, video_dir)
+    envs = [make_env(*a) for a in env_args]
     try:
         while True:
-            command, arg = conn.recv()
+            command, args = conn.recv()
             if command == "close":
                 break
-            conn.send(emulator_call(env, command, arg))
+            conn.send({i: emulator_call(envs[i], command, arg) for i, arg in args.items()})
     except EOFError:
         pass
-    env.close()
+    for env in envs:
+        env.close()
+
+
+def start_emulator_process(env_args: list):
+    """`emulator_process_main` in a new process: returns the pipe's end and the process."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process with CUDA and thread pools
+    conn, child = context.Pipe()
+    process = context.Process(target=emulator_process_main, args=(child, env_args, rom_files()), daemon=True)
+    process.start()
+    child.close()
+    return conn, process
 
 
 class EmulatorProcess(LocalEmulator):
@@ -344,19 +396,14 @@ class EmulatorProcess(LocalEmulator):
     the loop's other work runs beside it, as gymnasium's env holds the GIL for its whole step and
     a thread could not. The emulator state still comes back for checkpoints, so resume stays exact."""
 
-    def __init__(self, env_args: tuple, video_dir: Optional[str] = None):
-        context = multiprocessing.get_context("spawn")  # no fork of a process with CUDA and thread pools
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=emulator_process_main, args=(child, env_args, video_dir, rom_files()),
-                                       daemon=True)
-        self.process.start()
-        child.close()
+    def __init__(self, env_args: tuple):
+        self.conn, self.process = start_emulator_process([env_args])
 
     def start(self, command: str, arg=None) -> None:
-        self.conn.send((command, arg))
+        self.conn.send((command, {0: arg}))
 
     def finish(self):
-        return self.conn.recv()
+        return self.conn.recv()[0]
 
     def close(self) -> None:
         self.conn.send(("close", None))
@@ -371,15 +418,17 @@ class AtariEnvs:
     whose emulator state a checkpoint saves (exact resume), stepped at `recv` in the loop's
     process, or from `send` on in a child process (`emulator_process`); K > 1 is ale-py's threaded
     C++ vector env (`make_vector_env`), stepping while the learner works, with no emulator state
-    to save."""
+    to save, and no frame skip cut at a lost life (`life_loss`: `DopamineFrameSkip`)."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, sticky_actions: bool, max_episode_frames: int,
-                 video_dir: Optional[str] = None, emulator_process: bool = False):
+                 video_dir: Optional[str] = None, emulator_process: bool = False, life_loss: str = "full"):
         self.num_envs = num_envs
         if num_envs == 1:
             emulator = EmulatorProcess if emulator_process else LocalEmulator
-            self.env = emulator((env_id, seed, sticky_actions, max_episode_frames), video_dir)
+            self.env = emulator((env_id, seed, sticky_actions, max_episode_frames, video_dir, life_loss))
             self.num_actions = self.env.call("num_actions")
+        elif life_loss != "full":
+            fail(f"a frame skip cut at a lost life ({life_loss}) needs one environment: ale-py's vector env plays four frames")
         else:
             self.env = make_vector_env(env_id, num_envs, sticky_actions, max_episode_frames, emulator_threads(num_envs))
             self.num_actions = int(self.env.single_action_space.n)

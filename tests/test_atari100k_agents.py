@@ -19,6 +19,7 @@ TINY = ["--env-id", "Breakout", "--encoder", "impala", "--impala-channels", "4",
         "--log-every", "50", "--device", "cpu", "--eval-episodes", "2", "--max-episode-frames", "1000"]
 DER = ("der_moe_atari100k.py", [*TINY, "--target-update-period", "40"])
 DRQ = ("drq_moe_atari100k.py", TINY)
+DRQ_CUT = ("drq_moe_atari100k.py", [*TINY, "--life-loss-frame-skip", "cut_2021"])
 
 
 def finished_run(agent, extra, runs_dir):
@@ -187,10 +188,12 @@ def test_periodic_evaluation_leaves_training_unchanged(tmp_path):
 @pytest.mark.parametrize("agent, fields", [
     (DER, ("frames", "actions", "rewards", "terminated", "priorities", "max_priority")),
     (DRQ, ("frames", "actions", "rewards", "terminated")),
+    (DRQ_CUT, ("frames", "actions", "rewards", "terminated")),
 ])
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, agent, fields):
     """A killed run resumes exactly: networks, optimiser, replay (priorities), the life counter,
-    per-iteration and evaluation records."""
+    per-iteration and evaluation records; with the frame skip cut at a lost life, the screens
+    that a cut step reads too."""
     script, flags = agent
     flags = [*flags, "--total-steps", "500", "--checkpoint-every", "150", "--eval-every", "250"]
     whole = run(script, flags, tmp_path / "whole")
@@ -262,6 +265,8 @@ def test_a_saved_model_is_evaluated_again_under_other_protocol_flags(tmp_path):
     (["--num-envs", "2", "--capture-video"], "--capture-video"),
     (["--shift-per", "batch", "--no-data-augmentation"], "--shift-per batch"),
     (["--noop-unit", "frame", "--num-envs", "2"], "--noop-unit frame"),
+    (["--life-loss-frame-skip", "cut", "--num-envs", "2"], "--life-loss-frame-skip cut"),
+    (["--life-loss-frame-skip", "cut_2021", "--no-terminal-on-life-loss"], "--terminal-on-life-loss"),
 ])
 def test_bad_flags(tmp_path, flags, needle):
     assert_one_line_error(run("drq_moe_atari100k.py", flags, tmp_path, timeout=60), needle)

@@ -484,6 +484,36 @@ def test_evaluate_plays_the_same_episodes_on_any_number_of_threads():
     assert threaded == returns and torch.equal(seen_threaded, seen)
 
 
+def test_evaluation_in_child_processes_plays_the_vector_envs_episodes(monkeypatch):
+    """`EmulatorGroups`, the evaluation's environments under a frame skip cut at a lost life, spread
+    3 episodes over 2 processes; with the full frame skip they play ale-py's vector env's
+    episodes: the same returns and the same stacks shown to the policy, epsilon 0.5."""
+    returns, seen = run_eval(2, eval_epsilon=0.5, eval_episodes=3)
+    monkeypatch.setattr(drq, "evaluation_envs", lambda args, env_id, n: drq.EmulatorGroups(
+        env_id, n, args.sticky_actions, args.max_episode_frames, 2, "full"))
+    grouped, seen_grouped = run_eval(2, eval_epsilon=0.5, eval_episodes=3)
+    assert grouped == returns and torch.equal(seen_grouped, seen)
+
+
+def test_a_cut_evaluation_plays_the_one_environments_episode():
+    """--life-loss-frame-skip cut_2021: each evaluation episode (FIRE, epsilon 0: Breakout's ball is
+    lost again and again, to the game's end) is the episode of `make_env`'s environment with the cut,
+    played alone: the same return and length, of which steps played fewer than four frames."""
+    env = drq.make_env(drq.resolve_env_id("ALE/Breakout-v5"), 0, False, 1000, None, "cut_2021")
+    env.reset(seed=0)
+    total, length, over = 0.0, 0, False
+    while not over:
+        _, reward, terminated, truncated, _ = env.step(1)
+        total, length, over = total + reward, length + 1, terminated or truncated
+    args = dataclasses.replace(drq.Args(), eval_episodes=2, max_episode_frames=1000, eval_epsilon=0.0, max_noops=0,
+                               life_loss_frame_skip="cut_2021")
+    eval_input = torch.zeros((2, 4, 84, 84), dtype=torch.uint8)
+    returns, lengths, _ = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1),
+                                       eval_input, 4, np.random.default_rng(0))
+    assert returns == [total, total] and lengths == [length, length]
+    assert terminated and 4 * length > env.unwrapped.ale.getEpisodeFrameNumber()
+
+
 @pytest.mark.parametrize("flag, omp, cores, n, expected", [(0, "1", 16, 100, 16), (0, None, 16, 8, 8), (3, "1", 16, 100, 3),
                                                            (32, "1", 16, 10, 10)])
 def test_eval_threads_take_the_cores_not_omp_num_threads(monkeypatch, flag, omp, cores, n, expected):

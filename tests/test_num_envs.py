@@ -3,6 +3,7 @@
 
 import hashlib
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -119,6 +120,102 @@ def test_single_env_state_restores_the_emulator():
     assert dqn.AtariEnvs("ALE/Pong-v5", 2, 0, True, 108_000).state() is None
 
 
+def dopamine_reference_steps(env_id, actions, life_loss, max_frames):
+    """Dopamine's `AtariPreprocessing.step` (atari_lib.py) written out over single emulator frames:
+    with terminal_on_life_loss a step stops at the frame that loses a life or ends the game, after
+    reading its screen since April 2022 (`cut`) or before (`cut_2021`). Returns per step the
+    84x84 observation, the reward, game over, and the frames played."""
+    import cv2
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0, full_action_space=False,
+                   max_num_frames_per_episode=max_frames, obs_type="grayscale")
+    env.reset(seed=0)
+    ale = env.unwrapped.ale
+    screens = [np.zeros((210, 160), dtype=np.uint8) for _ in range(2)]
+    ale.getScreenGrayscale(screens[0])
+    lives, out = ale.lives(), []
+    for a in actions:
+        reward, start = 0.0, ale.getEpisodeFrameNumber()
+        for t in range(4):
+            _, r, over, truncated, _ = env.step(int(a))
+            reward += r
+            is_terminal = over or truncated or ale.lives() < lives
+            lives = ale.lives()
+            if is_terminal and life_loss == "cut_2021":
+                break
+            if t >= 2:
+                ale.getScreenGrayscale(screens[t - 2])
+            if is_terminal:
+                break
+        np.maximum(screens[0], screens[1], out=screens[0])
+        out.append((cv2.resize(screens[0], (84, 84), interpolation=cv2.INTER_AREA), reward, over,
+                    ale.getEpisodeFrameNumber() - start))
+        if over or truncated:
+            break
+    env.close()
+    return out
+
+
+def frame_skip_steps(env, actions):
+    env.reset(seed=0)
+    ale, out = env.unwrapped.ale, []
+    for a in actions:
+        start = ale.getEpisodeFrameNumber()
+        obs, reward, terminated, truncated, _ = env.step(int(a))
+        out.append((obs, reward, terminated, ale.getEpisodeFrameNumber() - start))
+        if terminated or truncated:
+            break
+    return out
+
+
+@pytest.mark.parametrize("life_loss", ["cut", "cut_2021"])
+def test_life_loss_cuts_the_frame_skip_as_dopamine_does(life_loss):
+    """--life-loss-frame-skip cut / cut_2021: `make_env` plays Dopamine's frame skip step for step
+    (observation, reward, game over, frames played) over a Breakout game of random actions, whose
+    lost lives end steps after 1 to 3 frames, so that later steps start at other frame phases."""
+    actions = np.random.default_rng(0).integers(4, size=3000)
+    env = dqn.make_env("ALE/Breakout-v5", 0, False, 20_000, None, life_loss)
+    ours, reference = frame_skip_steps(env, actions), dopamine_reference_steps("ALE/Breakout-v5", actions, life_loss, 20_000)
+    assert len(ours) == len(reference) and ours[-1][2]  # the whole game, to its end
+    for t, ((o1, r1, over1, n1), (o2, r2, over2, n2)) in enumerate(zip(ours, reference)):
+        assert np.array_equal(o1, o2) and (r1, over1, n1) == (r2, over2, n2), t
+    assert sum(n < 4 for *_, n in ours[:-1]) >= 2
+
+
+def test_full_frame_skip_is_gymnasiums():
+    """--life-loss-frame-skip full (the default): `make_env`'s steps are those of gymnasium's
+    AtariPreprocessing, four frames each, through the lost lives and the game's end."""
+    actions = np.random.default_rng(0).integers(4, size=3000)
+    ours = frame_skip_steps(dqn.make_env("ALE/Breakout-v5", 0, False, 20_000), actions)
+    plain = gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False,
+                     max_num_frames_per_episode=20_000, obs_type="grayscale", max_episode_steps=20_000)
+    theirs = frame_skip_steps(gym.wrappers.AtariPreprocessing(plain, noop_max=0, frame_skip=4), actions)
+    assert len(ours) == len(theirs) and ours[-1][2]
+    for t, ((o1, r1, over1, n1), (o2, r2, over2, n2)) in enumerate(zip(ours, theirs)):
+        assert np.array_equal(o1, o2) and (r1, over1, n1) == (r2, over2, n2), t
+    assert all(n == 4 for *_, n in ours[:-1])
+
+
+def test_a_restored_state_holds_the_screens_a_cut_step_reads():
+    """A checkpoint's environment state carries `DopamineFrameSkip`'s lives and screens: a fresh
+    environment given the state of one that just cut a step plays on with the same frames."""
+    actions = np.random.default_rng(1).integers(4, size=3000)
+    env = dqn.make_env("ALE/Breakout-v5", 0, False, 20_000, None, "cut_2021")
+    env.reset(seed=0)
+    ale = env.unwrapped.ale
+    for a in actions:
+        start = ale.getEpisodeFrameNumber()
+        env.step(int(a))
+        if ale.getEpisodeFrameNumber() - start < 4:
+            break
+    state = dqn.get_env_state(env)
+    fresh = dqn.make_env("ALE/Breakout-v5", 0, False, 20_000, None, "cut_2021")
+    fresh.reset(seed=5)
+    dqn.set_env_state(fresh, state)
+    assert fresh.lives == env.lives and all(np.array_equal(a, b) for a, b in zip(fresh.obs_buffer, env.obs_buffer))
+    for a in actions[:200]:
+        assert np.array_equal(env.step(int(a))[0], fresh.step(int(a))[0])
+
+
 def test_emulator_process_gives_the_local_emulators_frames_and_states():
     """--emulator-process: the one environment stepped in a child process gives the frames,
     rewards, episode ends and lives of the same environment stepped in the loop's process, with
@@ -141,6 +238,22 @@ def test_emulator_process_gives_the_local_emulators_frames_and_states():
     child.close()
     local.close()
     assert not child.env.process.is_alive()
+
+
+def test_the_one_environment_cuts_in_the_loops_process_and_in_a_child():
+    """The training loop's environment (K = 1) takes --life-loss-frame-skip: the frames of a cut
+    Breakout game, the same in the loop's process and in a child (--emulator-process), leave the
+    full frame skip's once a life is lost; K > 1 cannot cut and fails in one line."""
+    actions = np.random.default_rng(0).integers(4, size=(400, 1))
+    full = roll(dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 20_000), actions)
+    local = roll(dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 20_000, life_loss="cut"), actions)
+    child_envs = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 20_000, emulator_process=True, life_loss="cut")
+    child = roll(child_envs, actions)
+    child_envs.close()
+    assert all(all(np.array_equal(x, y) for x, y in zip(a, b)) for a, b in zip(local, child))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(local, full))
+    with pytest.raises(SystemExit, match="needs one environment"):
+        dqn.AtariEnvs("ALE/Breakout-v5", 2, 0, False, 20_000, life_loss="cut")
 
 
 def test_rom_file_loads_that_rom_in_every_environment(monkeypatch, tmp_path):

@@ -18,6 +18,10 @@
 # published runs probably did (RESULTS.md, "The old ROMs"), and adds _oldrom to every name
 # (drq_2021_oldrom_100k: the published agent's setting, as far as it is known). The ROMs are not in
 # this repository: `pip download --no-binary :all: --no-deps atari-py==0.2.6` and unpack it.
+# LIFE_LOSS=cut or cut_2021 adds --life-loss-frame-skip (Dopamine's frame skip, which stops at the
+# frame that loses a life: since April 2022, and in the 2021 code; RESULTS.md, "The frame skip at a
+# lost life") and _cut or _cut2021 to every name (drq_2021_cut2021_oldrom_100k). The default, full,
+# plays four frames at every step, as every run before 2026-12-03 did.
 SWEEP=atari100k_fidelity
 SEEDS=${SEEDS:-3}
 RUNS_PER_GPU=${RUNS_PER_GPU:-12}  # with --mps: twelve runs share an H100 (RESULTS.md)
@@ -27,11 +31,17 @@ AGENTS=${AGENTS:-"drq der"}
 NETWORKS=${NETWORKS:-"none soft top1"}
 EXPERTS=${EXPERTS:-4}
 PROTOCOL=${PROTOCOL:-current}
+LIFE_LOSS=${LIFE_LOSS:-full}
 check_choices AGENTS "drq der" $AGENTS
 check_choices NETWORKS "none soft top1" $NETWORKS
 check_choices PROTOCOL "current 2021" $PROTOCOL
+check_choices LIFE_LOSS "full cut cut_2021" $LIFE_LOSS
 protocol_name=""
 [[ $PROTOCOL == 2021 ]] && protocol_name="_2021"
+life_loss_name="" life_loss_flag=""
+if [[ $LIFE_LOSS != full ]]; then
+  life_loss_name=_${LIFE_LOSS/_/} life_loss_flag=" --life-loss-frame-skip $LIFE_LOSS"
+fi
 rom_name=""
 if [[ -n ${ROM_DIR:-} ]]; then
   check_old_roms $games  # every ROM first: nothing is emitted if one is missing
@@ -49,11 +59,11 @@ commands() {
       fi
       for net in $NETWORKS; do
         case $net in
-          none) name=${agent}${protocol_name:-_none}${rom_name}_100k moe_flags="--moe none" ;;
-          soft | top1) name=${agent}_${net}_e${EXPERTS}${protocol_name}${rom_name}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
+          none) name=${agent}${protocol_name:-_none}${life_loss_name}${rom_name}_100k moe_flags="--moe none" ;;
+          soft | top1) name=${agent}_${net}_e${EXPERTS}${protocol_name}${life_loss_name}${rom_name}_100k moe_flags="--moe $net --num-experts $EXPERTS" ;;
         esac
         for game in $games; do
-          echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags$protocol_flags$(old_rom_flag "$game") $EXTRA"
+          echo "python ${agent}_moe_atari100k.py --exp-name $name --env-id $game --seed $seed $moe_flags$protocol_flags$life_loss_flag$(old_rom_flag "$game") $EXTRA"
         done
       done
     done

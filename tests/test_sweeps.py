@@ -309,6 +309,30 @@ def test_fidelity_sweep_in_the_2021_protocol(tmp_path):
     assert out.returncode != 0 and "PROTOCOL takes current and 2021" in out.stderr
 
 
+def test_fidelity_sweep_with_the_frame_skip_cut_at_a_lost_life(tmp_path):
+    """LIFE_LOSS=cut or cut_2021: every configuration with --life-loss-frame-skip and _cut or
+    _cut2021 after the protocol in its name; each parses and passes its agent's checks; the
+    default (full) adds nothing; another value fails."""
+    for protocol, life_loss, suffix in (("current", "cut", "_cut"), ("2021", "cut_2021", "_cut2021")):
+        base = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES="Pong", PROTOCOL=protocol)
+        cut = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES="Pong", PROTOCOL=protocol, LIFE_LOSS=life_loss)
+        assert base == dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1", GAMES="Pong", PROTOCOL=protocol,
+                               LIFE_LOSS="full")
+        assert len(cut) == len(base) == 6
+        for b, t in zip(base, cut):
+            name = flag(b, "--exp-name")
+            stem = name[: -len("_100k")]
+            assert t == [stem + suffix + "_100k" if x == name else x for x in b] + ["--life-loss-frame-skip", life_loss]
+            module = load_agent(t[1])
+            args = tyro.cli(module.Args, args=t[2:])
+            module.validate_args(args)
+            module.validate_atari100k_args(args)
+    assert flag(cut[0], "--exp-name") == "drq_2021_cut2021_100k"
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "atari100k_fidelity.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "LIFE_LOSS": "half"})
+    assert out.returncode != 0 and "LIFE_LOSS takes full, cut and cut_2021" in out.stderr
+
+
 def test_fidelity_sweep_from_the_old_roms(tmp_path):
     """ROM_DIR: the 10 games whose atari-py 0.2.6 ROM differs get --rom-file with their ROM, the
     others keep ale-py's, every name gets _oldrom; with PROTOCOL=2021 the 2021 flags come too; a

@@ -15,6 +15,7 @@ encoder, and `dqn.gin`, the Nature CNN: `--encoder nature`).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import difflib
@@ -25,9 +26,11 @@ import multiprocessing
 import os
 import platform
 import random
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -251,35 +254,46 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
     return env
 
 
-def use_rom_file(game: str, path: str) -> None:
+def use_rom_file(game: str, path: str, private_copy: bool = True) -> None:
     """From now on this process loads `game` (ale-py's name, e.g. bank_heist) from the ROM file
     at `path` instead of ale-py's own (`--rom-file`): every environment, vector or not, asks
-    ale_py.roms.get_rom_path for its ROM, at creation and at each seeded reset."""
+    ale_py.roms.get_rom_path for its ROM, at creation and at each seeded reset. So that a run
+    outlives its ROM file being moved, replaced or deleted, the file is first copied into a
+    folder of this process's own, removed at exit, and the copy is loaded (child processes load
+    the parent's copy: `private_copy` False)."""
     lookup = ale_py.roms.get_rom_path
     original, overrides = getattr(lookup, "original", lookup), dict(getattr(lookup, "overrides", {}))
+    sources = dict(getattr(lookup, "sources", {}))
+    sources[game] = os.path.abspath(path)
+    if private_copy:
+        folder = tempfile.mkdtemp(prefix="moe-rl-roms-")
+        atexit.register(shutil.rmtree, folder, True)
+        path = shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
     overrides[game] = os.path.abspath(path)
 
     def get_rom_path(name: str):
         return overrides[name] if name in overrides else original(name)
 
-    get_rom_path.original, get_rom_path.overrides = original, overrides
+    get_rom_path.original, get_rom_path.overrides, get_rom_path.sources = original, overrides, sources
     ale_py.roms.get_rom_path = get_rom_path
 
 
 def rom_files() -> dict:
-    """The games `use_rom_file` redirected in this process: {game: ROM path}."""
+    """The games `use_rom_file` redirected in this process: {game: the ROM file loaded}."""
     return dict(getattr(ale_py.roms.get_rom_path, "overrides", {}))
 
 
 def rom_provenance(env_id: str) -> dict:
-    """Which emulator and ROM a run plays, for its config.json. The ROM's md5 tells apart
-    cartridges of one name: atari-py 0.2.6 shipped other ROMs than ale-py's for 10 of the 26 Atari
-    100k games, and the scores of some differ (benchmark/RESULTS.md, "BankHeist: the same emulator,
-    another ROM")."""
-    path = str(ale_py.roms.get_rom_path(gym.spec(env_id).kwargs["game"]))
+    """Which emulator and ROM a run plays, for its config.json: the ROM file given (or ale-py's)
+    and its md5, which tells apart cartridges of one name: atari-py 0.2.6 shipped other ROMs than
+    ale-py's for 10 of the 26 Atari 100k games, and the scores of some differ (benchmark/RESULTS.md,
+    "BankHeist: the same emulator, another ROM")."""
+    game = gym.spec(env_id).kwargs["game"]
+    path = str(ale_py.roms.get_rom_path(game))
     with open(path, "rb") as f:
         md5 = hashlib.md5(f.read()).hexdigest()
-    return {"ale_py": ale_py.__version__, "rom": path, "rom_md5": md5}
+    return {"ale_py": ale_py.__version__, "rom": getattr(ale_py.roms.get_rom_path, "sources", {}).get(game, path),
+            "rom_md5": md5}
 
 
 def get_env_state(env) -> dict:
@@ -367,7 +381,7 @@ def emulator_process_main(conn, env_args: list, roms: dict) -> None:
     tuple of `env_args`, running the calls it receives ({env: arg} in, {env: result} out) until
     told to close, or until the parent's end of the pipe goes away. `roms`: the parent's `rom_files`."""
     for game, path in roms.items():
-        use_rom_file(game, path)
+        use_rom_file(game, path, private_copy=False)
     envs = [make_env(*a) for a in env_args]
     try:
         while True:

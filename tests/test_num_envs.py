@@ -259,7 +259,8 @@ def test_the_one_environment_cuts_in_the_loops_process_and_in_a_child():
 def test_rom_file_loads_that_rom_in_every_environment(monkeypatch, tmp_path):
     """--rom-file: Breakout pointed at a copy of Pong's ROM plays Pong (ALE knows a game by its
     ROM's bytes) in the loop's process, in the child process and in the vector env, frame for
-    frame with Pong itself; the other games keep ale-py's ROMs."""
+    frame with Pong itself; the other games keep ale-py's ROMs. The file is copied when it is
+    given, so the run goes on when it is deleted; config.json names the file given."""
     roms = dqn.ale_py.roms
     monkeypatch.setattr(roms, "get_rom_path", roms.get_rom_path)  # the override is undone after the test
     rom = tmp_path / "not_breakout.bin"
@@ -267,7 +268,10 @@ def test_rom_file_loads_that_rom_in_every_environment(monkeypatch, tmp_path):
     actions = np.random.default_rng(2).integers(6, size=(40, 2))
     pong = roll(dqn.AtariEnvs("ALE/Pong-v5", 1, 0, False, 400), actions)
     dqn.use_rom_file("breakout", str(rom))
-    assert dqn.rom_files() == {"breakout": str(rom)}
+    (loaded,) = dqn.rom_files().values()
+    assert list(dqn.rom_files()) == ["breakout"] and loaded != str(rom) and open(loaded, "rb").read() == rom.read_bytes()
+    pong_md5 = hashlib.md5(rom.read_bytes()).hexdigest()
+    rom.unlink()
     local = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 400)
     child = dqn.AtariEnvs("ALE/Breakout-v5", 1, 0, False, 400, emulator_process=True)
     vector = dqn.AtariEnvs("ALE/Breakout-v5", 2, 0, False, 400)
@@ -278,7 +282,6 @@ def test_rom_file_loads_that_rom_in_every_environment(monkeypatch, tmp_path):
     assert np.array_equal(roll(vector, actions)[-1][0][0], pong[-1][0][0])
     assert dqn.AtariEnvs("ALE/Asterix-v5", 1, 0, False, 400).num_actions == 9
     child.close()
-    pong_md5 = hashlib.md5(rom.read_bytes()).hexdigest()
     # what a run's config.json records of its ROM
     assert dqn.rom_provenance("ALE/Breakout-v5") == {"ale_py": dqn.ale_py.__version__, "rom": str(rom), "rom_md5": pong_md5}
     assert dqn.rom_provenance("ALE/Asterix-v5")["rom_md5"] != pong_md5

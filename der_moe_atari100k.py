@@ -2325,10 +2325,12 @@ class EmulatorGroups:
         noops = rng.integers(self.noop_frames, size=self.num_envs) if self.noop_frames > 0 else np.zeros(self.num_envs, int)
         for e, (obs, lives) in self.call("reset", seeds).items():
             self.frames[e, 0], self.lives[e] = obs, lives
-        over = self.call("noop_frames", {e: int(k) for e, k in enumerate(noops) if k > 0})
-        for e, (obs, lives) in self.call("reset", {e: seeds[e] for e, (_, o) in over.items() if o}).items():
+        after_noops = self.call("noop_frames", {e: int(k) for e, k in enumerate(noops) if k > 0})
+        for e, (lives, _) in after_noops.items():
+            self.lives[e] = lives
+        restart = {e: seeds[e] for e, (_, game_over) in after_noops.items() if game_over}  # then without no-ops
+        for e, (obs, lives) in self.call("reset", restart).items():
             self.frames[e, 0], self.lives[e] = obs, lives
-        self.lives[[e for e, (_, o) in over.items() if not o]] = [lives for lives, o in over.values() if not o]
         self.ended[:] = False
         return self.frames.copy(), {"lives": self.lives.copy()}
 

@@ -514,6 +514,34 @@ def test_a_cut_evaluation_plays_the_one_environments_episode():
     assert terminated and 4 * length > env.unwrapped.ale.getEpisodeFrameNumber()
 
 
+def test_a_cut_evaluation_takes_its_no_op_frames_at_reset():
+    """--noop-unit frame with a cut frame skip: each episode of the evaluation in processes starts
+    with 0..29 NOOP emulator frames (drawn from the seed its reset gets), as the training's
+    `noop_frames` takes them, its first observation still the game's first screen: the frames,
+    return and length of playing each Asterix episode alone after its NOOP frames, which differ
+    between the episodes."""
+    env_id = drq.resolve_env_id("ALE/Asterix-v5")
+    args = dataclasses.replace(drq.Args(), eval_episodes=3, max_episode_frames=600, eval_epsilon=0.0, max_noops=30,
+                               noop_unit="frame", life_loss_frame_skip="cut")
+    eval_input = torch.zeros((3, 4, 84, 84), dtype=torch.uint8)
+    policy = FixedPolicy(eval_input, 1)
+    returns, lengths, _ = drq.evaluate(args, env_id, policy, eval_input, 9, np.random.default_rng(4))
+    draws = np.random.default_rng(int(np.random.default_rng(4).integers(2**31)))
+    seeds, noops = draws.integers(2**31, size=3), draws.integers(30, size=3)
+    for e, (seed, k) in enumerate(zip(seeds.tolist(), noops.tolist())):
+        env = drq.make_env(env_id, 0, False, 600, None, "cut")
+        frames = [env.reset(seed=seed)[0]]
+        drq.emulator_call(env, "noop_frames", k)
+        total, over = 0.0, False
+        while not over:
+            obs, reward, terminated, truncated, _ = env.step(1)
+            frames.append(obs)
+            total, over = total + reward, terminated or truncated
+        assert (returns[e], lengths[e]) == (total, len(frames) - 1)
+        assert all(np.array_equal(policy.seen[t][e, -1].numpy(), frames[t]) for t in range(lengths[e]))
+    assert len(set(noops.tolist())) > 1 and not torch.equal(policy.seen[5][0, -1], policy.seen[5][1, -1])
+
+
 @pytest.mark.parametrize("flag, omp, cores, n, expected", [(0, "1", 16, 100, 16), (0, None, 16, 8, 8), (3, "1", 16, 100, 3),
                                                            (32, "1", 16, 10, 10)])
 def test_eval_threads_take_the_cores_not_omp_num_threads(monkeypatch, flag, omp, cores, n, expected):

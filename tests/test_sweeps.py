@@ -104,8 +104,8 @@ def test_figure_1_design(tmp_path):
 def test_fidelity_sweep_goes_seed_by_seed_and_continues_the_committed_runs(tmp_path):
     """atari100k_fidelity.sh lists whole seeds first (DrQ(eps)'s baseline on the 26 games opens
     it), and the runs committed under benchmark/results are its own commands with the captured
-    flags, by default or in the published agent's setting (PROTOCOL=2021 ROM_DIR=...): continuing
-    the sweep there starts none of them again. The ROM folder is the machine's, so the
+    flags, by default or in the published agent's setting (PROTOCOL=2021 ROM_DIR=..., with or
+    without LIFE_LOSS=cut_2021): continuing the sweep there starts none of them again. The ROM folder is the machine's, so the
     comparison leaves out the folder of each --rom-file."""
     commands = dry_run("atari100k_fidelity.sh", tmp_path)
     seeds = [int(flag(t, "--seed")) for t in commands]
@@ -123,8 +123,10 @@ def test_fidelity_sweep_goes_seed_by_seed_and_continues_the_committed_runs(tmp_p
     published_setting = dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED, PROTOCOL="2021", ROM_DIR=str(roms),
                                 AGENTS="drq", NETWORKS="none")
     assert len(published_setting) == 78 and sum("--rom-file" in t for t in published_setting) == 30
+    published_cut = dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED, PROTOCOL="2021", ROM_DIR=str(roms),
+                            LIFE_LOSS="cut_2021", AGENTS="drq", NETWORKS="none")
     listed = {without_rom_folder(shlex.join(t))
-              for t in dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED) + published_setting}
+              for t in dry_run("atari100k_fidelity.sh", tmp_path, EXTRA=CAPTURED) + published_setting + published_cut}
     committed = os.path.join(ROOT, "benchmark", "results", "atari100k_fidelity")
     states = glob.glob(os.path.join(committed, "*", "state.json"))
     assert states

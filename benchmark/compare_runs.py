@@ -11,7 +11,12 @@ rank_against_published.py makes against the published runs; with 4 runs against 
 p it can give is 2/35 = 0.057), with the p-values adjusted over the games (Holm). With --published
 (a JSON file {game: [final score of each published run]}) it adds the published mean and each set's
 mean percentile among the published runs, and the rank-sum test of each set against them; --plot
-draws each run's percentile there, game by game. --out writes the table's rows as JSON."""
+draws each run's percentile there, game by game. --out writes the table's rows as JSON.
+
+Runs of the same game and seed in both sets are also compared as pairs (a variant run from the
+reference's seed): in how many pairs the variant scored higher (two-sided sign test), and with
+--published the mean change of the run's percentile among the published runs, with the two-sided
+Wilcoxon signed-rank test of those changes."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import os
 import sys
 
 import numpy as np
+import scipy.stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from aggregate import UserError, final_score, find_run_dirs, natural_key, plt, read_run, save, table_key  # noqa: E402
@@ -67,6 +73,42 @@ def compare(variant: dict[str, dict], reference: dict[str, dict], published: dic
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows])):
         row["holm_p_value"] = adjusted
     return rows
+
+
+def paired(variant: dict[str, dict], reference: dict[str, dict], published: dict | None) -> dict:
+    """The runs of the same game and seed in both sets, as pairs: see the module's docstring."""
+    pairs = []
+    for game in sorted(set(variant) & set(reference), key=natural_key):
+        theirs = None if published is None else published.get(table_key(game))
+        for seed in sorted(set(variant[game]) & set(reference[game]), key=lambda x: natural_key(str(x))):
+            pair = {"game": game, "seed": seed, "variant": variant[game][seed], "reference": reference[game][seed]}
+            if theirs is not None:
+                pair["percentile_change"] = (percentile_among(pair["variant"], theirs)
+                                             - percentile_among(pair["reference"], theirs))
+            pairs.append(pair)
+    differ = [p for p in pairs if p["variant"] != p["reference"]]
+    higher = sum(p["variant"] > p["reference"] for p in differ)
+    summary = {"pairs": pairs, "higher": higher, "differ": len(differ),
+               "sign_p_value": float(scipy.stats.binomtest(higher, len(differ)).pvalue) if differ else 1.0}
+    changes = [p["percentile_change"] for p in pairs if "percentile_change" in p]
+    if changes:
+        summary["mean_percentile_change"] = float(np.mean(changes))
+        summary["wilcoxon_p_value"] = (float(scipy.stats.wilcoxon(changes).pvalue) if any(changes) else 1.0)
+        summary["percentile_pairs"] = len(changes)
+    return summary
+
+
+def print_paired(summary: dict) -> None:
+    if not summary["pairs"]:
+        print("\nNo game and seed in both sets: no pairs.")
+        return
+    line = (f"\nPaired by game and seed: {len(summary['pairs'])} pairs; the variant scored higher in "
+            f"{summary['higher']} of the {summary['differ']} that differ (sign test p = {p_cell(summary['sign_p_value'])})")
+    if "mean_percentile_change" in summary:
+        line += (f"; percentile among the published runs changed by {summary['mean_percentile_change']:+.3f} on "
+                 f"average over {summary['percentile_pairs']} pairs (Wilcoxon signed-rank p = "
+                 f"{p_cell(summary['wilcoxon_p_value'])})")
+    print(line)
 
 
 def p_cell(p: float) -> str:
@@ -128,13 +170,15 @@ def main(argv=None) -> int:
         published = load_published(args.published) if args.published else None
         if args.plot and published is None:
             raise UserError("--plot draws percentiles among the published runs: pass --published too")
-        rows = compare(final_scores(args.runs), final_scores(args.against), published)
+        variant, reference = final_scores(args.runs), final_scores(args.against)
+        rows = compare(variant, reference, published)
         if args.plot:
             plot_percentiles(rows, args.names, args.plot)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_table(rows)
+    print_paired(paired(variant, reference, published))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -496,6 +496,31 @@ def test_games_filter_and_wall_clock_axis(tmp_path, capsys):
 
 
 # ---- two sets of our runs, game by game (benchmark/compare_runs.py) ----
+def test_compare_runs_pairs_runs_of_the_same_game_and_seed(tmp_path, capsys):
+    """Runs of one game and seed in both sets are pairs: the sign test counts the pairs the
+    variant wins (ties left out), and with published runs the percentile changes get a Wilcoxon
+    signed-rank test; runs without a partner are not paired."""
+    variant, reference = tmp_path / "variant", tmp_path / "reference"
+    for seed, (new, old) in enumerate([(30.0, 10.0), (50.0, 20.0), (60.0, 40.0), (5.0, 5.0), (70.0, 80.0)], start=1):
+        write_run(variant, "new", "Pong", seed, [1.0], evals=[(100_000, new)])
+        write_run(reference, "old", "Pong", seed, [1.0], evals=[(100_000, old)])
+    write_run(variant, "new", "Pong", 9, [1.0], evals=[(100_000, 99.0)])  # no partner
+    published = tmp_path / "published.json"
+    published.write_text(json.dumps({"Pong": [float(i) for i in range(100)]}))
+    summary = compare_runs.paired(compare_runs.final_scores([str(variant)]), compare_runs.final_scores([str(reference)]),
+                                  rank_against_published.load_published(str(published)))
+    assert [(p["seed"], p["variant"], p["reference"]) for p in summary["pairs"]] == [
+        (1, 30.0, 10.0), (2, 50.0, 20.0), (3, 60.0, 40.0), (4, 5.0, 5.0), (5, 70.0, 80.0)]
+    assert (summary["higher"], summary["differ"]) == (3, 4)
+    assert summary["sign_p_value"] == pytest.approx(scipy.stats.binomtest(3, 4).pvalue)
+    changes = [0.20, 0.30, 0.20, 0.0, -0.10]
+    assert [p["percentile_change"] for p in summary["pairs"]] == pytest.approx(changes)
+    assert summary["mean_percentile_change"] == pytest.approx(np.mean(changes))
+    assert summary["wilcoxon_p_value"] == pytest.approx(scipy.stats.wilcoxon(changes).pvalue)
+    assert compare_runs.main([str(variant), "--against", str(reference), "--published", str(published)]) == 0
+    assert "5 pairs; the variant scored higher in 3 of the 4 that differ" in capsys.readouterr().out
+
+
 def test_compare_runs_game_by_game(tmp_path, capsys):
     """A variant whose 4 runs all beat the reference's 3 on a game gets the smallest p that 4
     against 3 runs allow (2/35), interleaved runs a large one; games outside either set, and
@@ -524,6 +549,9 @@ def test_compare_runs_game_by_game(tmp_path, capsys):
     assert pong["reference_p_published"] == pytest.approx(
         rank_against_published.rank_sum_test(np.array([1.0, 2.0, 3.0]), np.arange(100.0)))
     assert "published_mean" not in breakout
+    pairs = compare_runs.paired(compare_runs.final_scores([str(variant)]), compare_runs.final_scores([str(reference)]),
+                                rank_against_published.load_published(str(published)))
+    assert pairs["pairs"] == [] and pairs["differ"] == 0 and "mean_percentile_change" not in pairs
     out_json = tmp_path / "rows.json"
     assert compare_runs.main([str(variant), "--against", str(reference), "--published", str(published),
                               "--out", str(out_json)]) == 0

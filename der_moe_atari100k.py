@@ -8,7 +8,7 @@ code, google/dopamine `labs/moes` (config `DER.gin`, agent `rainbow_100k_moe_age
 `labs/atari_100k/atari_100k_runner.py`): C51 with 51 atoms, 10-step returns, one update per agent
 step, noisy nets, dueling, double DQN, prioritised replay, target update every 2000 steps, the
 Nature CNN encoder and 4 experts. Figures 12 and 16 train for 50M frames: `--long-schedule`.
-A difference from Dopamine stays by default: its's frame skip stops at a lost life, ours plays four
+A difference from Dopamine stays by default: its frame skip stops at a lost life, ours plays four
 frames unless `--life-loss-frame-skip cut` (benchmark/RESULTS.md, "The frame skip cut at a lost life").
 
     python der_moe_atari100k.py --env-id Breakout --moe soft --num-experts 4

@@ -10,7 +10,7 @@ a scalar Q-value with the Huber loss, 10-step returns, one update per agent step
 DQN, uniform replay, random-shift and intensity augmentation, the target network equal to the
 online one (synced every update), epsilon decaying to 0.01 over 5,000 steps; the Nature CNN
 encoder and 4 experts as the official MoE DER config. Figures 12 and 16: `--long-schedule`.
-A difference from Dopamine stays by default: its's frame skip stops at a lost life, ours plays four
+A difference from Dopamine stays by default: its frame skip stops at a lost life, ours plays four
 frames unless `--life-loss-frame-skip cut` (benchmark/RESULTS.md, "The frame skip cut at a lost life").
 
     python drq_moe_atari100k.py --env-id Breakout --moe soft --num-experts 4

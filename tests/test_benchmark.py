@@ -336,6 +336,27 @@ def test_eval_threads_quick(tmp_path):
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_cut_random_play_pairs_the_same_episodes_under_each_frame_skip(tmp_path):
+    """benchmark/cut_random_play.py: Boxing loses no life, so its random episodes are the same under
+    the three frame skips; Breakout's lost lives cut steps short, so the same action streams play
+    other episodes; a frame skip list that does not start with full fails in one line."""
+    out = tmp_path / "random.json"
+    proc = subprocess.run([sys.executable, "benchmark/cut_random_play.py", "--games", "Boxing,Breakout", "--episodes", "2",
+                           "--max-frames", "2000", "--processes", "2", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    runs = {(r["game"], r["life_loss_frame_skip"]): r for r in result["runs"]}
+    assert runs[("Boxing", "full")]["returns"] == runs[("Boxing", "cut")]["returns"] == runs[("Boxing", "cut_2021")]["returns"]
+    assert runs[("Breakout", "full")]["lengths"] != runs[("Breakout", "cut")]["lengths"]
+    rows = {(r["game"], r["life_loss_frame_skip"]): r for r in result["rows"]}
+    assert rows[("Boxing", "cut")]["episodes_that_differ"] == 0 and rows[("Boxing", "cut")]["p_against_full"] == 1.0
+    assert "p_against_full" not in rows[("Breakout", "full")]
+    bad = subprocess.run([sys.executable, "benchmark/cut_random_play.py", "--modes", "cut,full"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_life_loss_phase_counts_the_cut_frame_skips(tmp_path):
     """Under Dopamine's rule a life-losing step plays 1-4 frames: Breakout's random play loses lives
     and shifts later steps' phase, Pong has no lives to lose and keeps the start's phase."""

@@ -17,7 +17,6 @@ import json
 import os
 import sys
 
-import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -28,34 +27,28 @@ GAMES_26 = ("Alien Amidar Assault Asterix BankHeist BattleZone Boxing Breakout C
             "RoadRunner Seaquest UpNDown").split()
 
 
-def play_episode(env, rng: np.random.Generator, max_frames: int) -> dict:
-    """One episode of random actions, one per agent step, under Dopamine's rule."""
+def play_episode(env, rng: np.random.Generator) -> dict:
+    """One episode of random actions, one per agent step, under Dopamine's rule (`make_env`'s
+    frame skip cut at a lost life)."""
     env.reset(seed=int(rng.integers(2**31)))
     ale = env.unwrapped.ale
-    num_actions = int(env.action_space.n)
-    lives, frames, steps, shifted, cut = ale.lives(), 0, 0, 0, []
-    over = False
-    while not over and frames < max_frames:
-        shifted += frames % 4 != 0
+    lives, steps, shifted, cut, over = ale.lives(), 0, 0, [], False
+    while not over:
+        start = ale.getEpisodeFrameNumber()
+        shifted += start % 4 != 0
         steps += 1
-        action = int(rng.integers(num_actions))
-        for k in range(1, 5):
-            _, _, terminated, truncated, _ = env.step(action)
-            frames += 1
-            over = terminated or truncated or frames >= max_frames
-            if ale.lives() < lives or over:
-                break
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        over = terminated or truncated
         if ale.lives() < lives and not over:
-            cut.append(k)
+            cut.append(ale.getEpisodeFrameNumber() - start)
         lives = ale.lives()
-    return {"frames": frames, "steps": steps, "shifted_steps": shifted, "life_loss_frames": cut}
+    return {"frames": ale.getEpisodeFrameNumber(), "steps": steps, "shifted_steps": shifted, "life_loss_frames": cut}
 
 
 def measure(game: str, episodes: int, max_frames: int, seed: int) -> dict:
-    env = gym.make(drq.resolve_env_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False,
-                   max_num_frames_per_episode=max_frames)
+    env = drq.make_env(drq.resolve_env_id(game), seed, False, max_frames, None, "cut_2021")
     rng = np.random.default_rng(seed)
-    runs = [play_episode(env, rng, max_frames) for _ in range(episodes)]
+    runs = [play_episode(env, rng) for _ in range(episodes)]
     env.close()
     cut = [k for r in runs for k in r["life_loss_frames"]]
     steps = sum(r["steps"] for r in runs)

@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     if s["unfinished"]:
         shown = ", ".join(s["unfinished"][:8]) + (", ..." if len(s["unfinished"]) > 8 else "")
         print(f"warning: {len(s['unfinished'])} run(s) without a final score left out ({shown}): runs cut short by "
-              "time are not a random sample (strong agents evaluate longest)", file=sys.stderr)
+              "time are not a random sample (the longest episodes evaluate longest, weak agents that stay alive among them)", file=sys.stderr)
     if args.out:
         with open(args.out, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

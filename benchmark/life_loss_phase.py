@@ -4,10 +4,11 @@ published agent's setting: seed 3").
 With `terminal_on_life_loss` (every Atari 100k config), Dopamine's `AtariPreprocessing.step` stops
 its four-frame loop at the frame where a life is lost: that agent step plays k = 1..4 frames, and
 every later step starts 4 - k frames earlier in the game's frame cycle than four-frame steps would.
-Our agents play four frames at every step unless `--life-loss-frame-skip cut` (or `cut_2021`). This plays random actions one emulator frame at a time
-under Dopamine's rule and counts, per game: lives lost per episode, how many frames the
-life-losing steps played, and the share of agent steps taken at another phase (frames since the
-start, mod 4) than the start's, which is 0 for ours by construction.
+Our agents play four frames at every step unless `--life-loss-frame-skip cut` (or `cut_2021`).
+This plays random actions under that rule (the agents' `make_env` with `cut_2021`) and counts, per
+game: lives lost per episode, how many frames the life-losing steps played, and the share of agent
+steps taken at another phase (frames since the start, mod 4) than the start's, which is 0 with the
+default frame skip by construction.
 
     python benchmark/life_loss_phase.py --episodes 3 --out benchmark/results/life_loss_phase.json
 """

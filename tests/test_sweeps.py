@@ -137,6 +137,22 @@ def test_fidelity_sweep_goes_seed_by_seed_and_continues_the_committed_runs(tmp_p
         assert glob.glob(os.path.join(os.path.dirname(path), "*", "summary.jsonl")), path
 
 
+def test_committed_impala_moe_runs_are_the_figure_12_16_sweeps_own(tmp_path):
+    """The runs committed under benchmark/results/fig12_16 are fig12_16_atari100k.sh's own commands
+    for DrQ(eps) at 100k steps with 4 experts and the captured flags, and finished: continuing
+    the sweep in a copy of that folder starts none of them again."""
+    listed = {shlex.join(t) for t in dry_run("fig12_16_atari100k.sh", tmp_path, SEEDS="1", SCHEDULES="100k",
+                                             EXPERTS="4", AGENTS="drq", EXTRA=CAPTURED)}
+    assert len(listed) == 3 * 26
+    states = glob.glob(os.path.join(ROOT, "benchmark", "results", "fig12_16", "*", "state.json"))
+    assert states
+    for path in states:
+        with open(path) as f:
+            state = json.load(f)
+        assert state["status"] == "done" and state["command"] in listed, path
+        assert glob.glob(os.path.join(os.path.dirname(path), "*", "summary.jsonl")), path
+
+
 def test_variables_scale_a_sweep_down(tmp_path):
     commands = dry_run("fig1_expert_scaling.sh", tmp_path, SEEDS="2 7", GAMES="Pong Breakout", FRAMES="100000",
                        AGENTS="dqn", EXPERTS="2", EXTRA="--device cpu")

@@ -18,6 +18,11 @@ batch 32) and times it, captured in a CUDA graph, under each variant:
                    parameters' checksum must match fast's
     relu_unfused   the ReLUs of the residual blocks as their own operations (torch.compile fuses them
                    with what it can), not inside the Triton convolutions (as before the sixth pass)
+    wgrad_beside   each Triton convolution's weight gradient on a second CUDA stream, beside the
+                   data gradients that the backward pass waits on; the network's first convolution
+                   (no data gradient, the last in the backward pass) joins the streams and takes its
+                   own weight gradient after. The same kernels in the same order on each stream,
+                   so the parameters' checksum must match fast's
 
 (benchmark/RESULTS.md also lists "gradients set to None", measured as a variant before the agents
 adopted it.)
@@ -57,7 +62,7 @@ AGENTS = {  # module, network flags (Soft MoE-8 on Impala for the 200M agents, t
     "drq": ("drq_moe_atari100k", dict(moe="soft", num_experts=4)),
 }
 VARIANTS = ("fast", "cudnn", "graph_only", "bf16", "limit0", "fused_adam", "nchw", "max_autotune", "one_stream",
-            "relu_unfused")
+            "relu_unfused", "wgrad_beside")
 KINDS = [  # (kind, pattern on the kernel name), first match wins
     ("conv forward + data grad (Triton)", r"_conv3x3_kernel"),
     ("conv weight grad", r"wgrad|init_device_workspace"),
@@ -74,6 +79,42 @@ KINDS = [  # (kind, pattern on the kernel name), first match wins
 def kind_of(name: str) -> str:
     low = name.lower()
     return next(kind for kind, pattern in KINDS if re.search(pattern, low))
+
+
+@functools.lru_cache(maxsize=None)  # one operator per agent module: a name registers once
+def wgrad_beside_op(agent):
+    """A drop-in for the agent's `conv3x3_backward` operator that queues the weight gradient on a
+    second stream (`wgrad_beside`). The stream forks after the data the kernels read is written;
+    x and dy are marked as read there, so the allocator does not hand their memory to the main
+    stream while the side stream reads it."""
+    streams = {}  # device -> the side stream, made at the first call
+
+    @torch.library.custom_op(f"moe_rl_bench_{agent.__name__}::conv3x3_backward_wgrad_beside", mutates_args=())
+    def backward(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, need_dx: bool,
+                 relu_input: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if x.device not in streams:
+            streams[x.device] = torch.cuda.Stream(x.device)
+        main, side = torch.cuda.current_stream(), streams[x.device]
+        if not need_dx:  # the first convolution: after every weight gradient queued on the side stream
+            main.wait_stream(side)
+            return (x.new_empty(0), *agent._conv3x3_weight_grad(x, dy, w, relu_input))
+        x, dy = agent._channels_last(x), agent._channels_last(dy)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            dw, db = agent._conv3x3_weight_grad(x, dy, w, relu_input)
+        for t in (x, dy):
+            t.record_stream(side)
+        for t in (dw, db):
+            t.record_stream(main)
+        dx = agent._conv3x3(dy, w, None, data_grad=True, relu_mask=x if relu_input else None)
+        return dx, dw, db
+
+    @backward.register_fake
+    def _(x, w, dy, need_dx, relu_input):
+        dx = x.new_empty(x.shape).contiguous(memory_format=torch.channels_last) if need_dx else x.new_empty(0)
+        return dx, torch.empty_like(w), w.new_empty(w.shape[0])
+
+    return backward
 
 
 def build_update(agent, args, variant: str, device):
@@ -106,6 +147,8 @@ def build_update(agent, args, variant: str, device):
         if not hasattr(agent, "SideStream"):
             raise ValueError(f"{agent.__name__} has no SideStream")
         changed[(agent.SideStream, "beside")] = lambda side, first, second: (first(), second())
+    if variant == "wgrad_beside":
+        changed[(agent, "conv3x3_backward")] = wgrad_beside_op(agent)
     if changed:
         kept = {key: getattr(*key) for key in changed}
         for key, fn in changed.items():

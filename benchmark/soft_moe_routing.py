@@ -10,6 +10,10 @@ measures, on the CPU, with DrQ(eps)'s own network (Nature CNN, PerConv tokens) a
   - the gradient of the routing weights Phi, against Adam's epsilon (1.5e-4 in DrQ(eps)):
     where a gradient is far below epsilon, Adam moves the weight by lr * g / eps, a small
     fraction of its step size lr;
+  - the gradient of the encoder's weights, against the same epsilon, in the Soft MoE network and
+    in the baseline's (no MoE) at initialisation: uniform routing hands each of the 121 tokens
+    1/121 of the pooled token's gradient, so the encoder behind it may learn at a fraction of the
+    baseline's pace;
   - what T Adam steps of a one-step TD loss on frames of random play do to the entropies and to
     the tokens' spread (how far the output tokens are from their mean, relative to it; 0 is
     pooling), with Adam's epsilon as DrQ(eps) sets it and with 1e-8.
@@ -91,19 +95,41 @@ def rms(t: torch.Tensor) -> float:
     return t.pow(2).mean().sqrt().item()
 
 
-def soft_moe_network(num_actions: int, seed: int, **args):
-    """DrQ(eps)'s network with Soft MoE-4, initialised from `seed`; `args` go to the agent's Args."""
+def soft_moe_network(num_actions: int, seed: int, moe: str = "soft", **args):
+    """DrQ(eps)'s network with Soft MoE-4 (or `moe`), initialised from `seed`; `args` go to the agent's Args."""
     torch.manual_seed(seed)
-    return drq.RainbowNetwork(drq.Args(moe="soft", num_experts=4, **args), num_actions)
+    return drq.RainbowNetwork(drq.Args(moe=moe, num_experts=4, **args), num_actions)
+
+
+def encoder_rms(q_net) -> float:
+    return rms(torch.cat([p.grad.flatten() for p in q_net.torso.encoder.parameters()]))
+
+
+def encoder_gradient_at_init(data: dict, seed: int, batch_size: int, gamma: float, encoder: str,
+                             batches: int = 20) -> dict:
+    """The median over `batches` random batches of the encoder's gradient RMS at initialisation,
+    in the Soft MoE-4 network and in the baseline's (the same seed, so the same encoder weights)."""
+    out = {}
+    for moe in ("none", "soft"):
+        q_net = soft_moe_network(data["num_actions"], seed, moe=moe, encoder=encoder)
+        gen, values = torch.Generator().manual_seed(seed + 2), []
+        for _ in range(batches):
+            idx = torch.randint(len(data["obs"]), (batch_size,), generator=gen)
+            q_net.zero_grad()
+            td_loss(q_net, {k: v[idx] for k, v in data.items() if k != "num_actions"}, gamma).backward()
+            values.append(encoder_rms(q_net))
+        out[moe] = float(np.median(values))
+    return out
 
 
 def td_gradient_rms(q_net, batch: dict, gamma: float) -> dict:
     """Backpropagates the TD loss of `batch` (the gradients stay for a step) and returns the
-    gradient RMS of Phi, of the experts and of the advantage head."""
+    gradient RMS of Phi, of the experts, of the advantage head and of the encoder."""
     q_net.zero_grad()
     td_loss(q_net, batch, gamma).backward()
     experts = torch.cat([p.grad.flatten() for p in q_net.torso.moe.experts.parameters()])
-    return {"phi": rms(q_net.torso.moe.router.phi.grad), "experts": rms(experts), "head": rms(q_net.advantage.weight.grad)}
+    return {"phi": rms(q_net.torso.moe.router.phi.grad), "experts": rms(experts), "head": rms(q_net.advantage.weight.grad),
+            "encoder": encoder_rms(q_net)}
 
 
 def train(data: dict, adam_eps: float, updates: int, seed: int, batch_size: int, lr: float, gamma: float,
@@ -114,7 +140,7 @@ def train(data: dict, adam_eps: float, updates: int, seed: int, batch_size: int,
     optimizer = torch.optim.Adam(q_net.parameters(), lr=lr, eps=adam_eps)
     probe = data["obs"][torch.randperm(len(data["obs"]), generator=torch.Generator().manual_seed(seed))[:64]]
     phi_start = phi.detach().clone()
-    rows, grads = [{"update": 0, **routing_state(q_net, probe)}], {"phi": [], "experts": [], "head": []}
+    rows, grads = [{"update": 0, **routing_state(q_net, probe)}], {"phi": [], "experts": [], "head": [], "encoder": []}
     gen = torch.Generator().manual_seed(seed + 1)
     for step in range(1, updates + 1):
         idx = torch.randint(len(data["obs"]), (batch_size,), generator=gen)
@@ -156,16 +182,20 @@ def main() -> None:
         for s in r["states"]:
             print(f"| {r['adam_eps']:g} | {s['update']} | {s['dispatch_entropy']:.6f} | {s['combine_entropy']:.6f} "
                   f"| {s['logit_std_over_tokens']:.4f} | {s['output_token_spread']:.4f} |")
-    print("\n| Adam eps | median gradient RMS: Phi | experts | advantage head | Phi RMS at start | Phi RMS change |")
-    print("|---|---|---|---|---|---|")
+    print("\n| Adam eps | median gradient RMS: Phi | experts | advantage head | encoder | Phi RMS at start | Phi RMS change |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         g = r["grad_rms"]
-        print(f"| {r['adam_eps']:g} | {g['phi']:.2e} | {g['experts']:.2e} | {g['head']:.2e} "
+        print(f"| {r['adam_eps']:g} | {g['phi']:.2e} | {g['experts']:.2e} | {g['head']:.2e} | {g['encoder']:.2e} "
               f"| {r['phi_rms_start']:.4f} | {r['phi_rms_change']:.2e} |")
+    at_init = encoder_gradient_at_init(data, opts.seed, defaults.batch_size, defaults.gamma, opts.encoder)
+    print(f"\nthe encoder's gradient RMS at initialisation (median of 20 batches): baseline {at_init['none']:.2e}, "
+          f"Soft MoE-4 {at_init['soft']:.2e} ({at_init['soft'] / at_init['none']:.3g} of the baseline's)")
     record = {"game": opts.game, "frames": opts.frames, "updates": opts.updates, "seed": opts.seed,
               "normalize": opts.normalize, "encoder": opts.encoder,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "seconds": round(time.time() - started, 1), "results": results}
+              "seconds": round(time.time() - started, 1), "results": results,
+              "encoder_grad_rms_at_init": at_init}
     print(f"\n{record['seconds']} s")
     if opts.out:
         with open(opts.out, "w") as f:

@@ -222,6 +222,8 @@ def test_soft_moe_routing_probe_quick(tmp_path):
     for x in r["results"]:
         assert [s["update"] for s in x["states"]] == [0, 1, 2, 3, 4]
         assert all(0 < s["dispatch_entropy"] <= 1 + 1e-6 for s in x["states"]) and x["grad_rms"]["phi"] > 0
+        assert x["grad_rms"]["encoder"] > 0
+    assert set(r["encoder_grad_rms_at_init"]) == {"none", "soft"} and min(r["encoder_grad_rms_at_init"].values()) > 0
 
 
 @pytest.mark.parametrize("agent", ["drq", "der", "dqn", "rainbow"])

@@ -19,7 +19,7 @@ import tyro
 from agent_runs import ROOT
 
 SWEEPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmark", "fig*.sh"))) + ["atari100k_fidelity.sh"]
-PROBES = ["atari100k_protocol_probe.sh", "dopamine_curves.sh"]  # a few games and seeds, not the paper's lists
+PROBES = ["atari100k_protocol_probe.sh", "dopamine_curves.sh", "adam_eps_probe.sh"]  # a few games and seeds, not the paper's lists
 CAPTURED = "--compile --cudagraphs --no-torch-deterministic"
 COMMON = os.path.join(ROOT, "benchmark", "sweep_common.sh")
 
@@ -137,20 +137,37 @@ def test_fidelity_sweep_goes_seed_by_seed_and_continues_the_committed_runs(tmp_p
         assert glob.glob(os.path.join(os.path.dirname(path), "*", "summary.jsonl")), path
 
 
-def test_committed_impala_moe_runs_are_the_figure_12_16_sweeps_own(tmp_path):
-    """The runs committed under benchmark/results/fig12_16 are fig12_16_atari100k.sh's own commands
-    for DrQ(eps) at 100k steps with 4 experts and the captured flags, and finished: continuing
-    the sweep in a copy of that folder starts none of them again."""
-    listed = {shlex.join(t) for t in dry_run("fig12_16_atari100k.sh", tmp_path, SEEDS="1", SCHEDULES="100k",
-                                             EXPERTS="4", AGENTS="drq", EXTRA=CAPTURED)}
-    assert len(listed) == 3 * 26
-    states = glob.glob(os.path.join(ROOT, "benchmark", "results", "fig12_16", "*", "state.json"))
+COMMITTED = {  # folder under benchmark/results: the sweep and its variables that listed the runs, and how many
+    "fig12_16": ("fig12_16_atari100k.sh", dict(SEEDS="1", SCHEDULES="100k", EXPERTS="4", AGENTS="drq"), 3 * 26),
+    "adam_eps_probe": ("adam_eps_probe.sh", dict(SEEDS="2"), 5 * 2),
+}
+
+
+@pytest.mark.parametrize("folder", sorted(COMMITTED))
+def test_committed_runs_are_their_sweeps_own(folder, tmp_path):
+    """The runs committed under benchmark/results/<folder> are their sweep's own commands, with the
+    captured flags, and finished: continuing the sweep in a copy of that folder starts none of
+    them again (fig12_16: DrQ(eps) Impala at 100k steps, 4 experts; adam_eps_probe: Nature CNN
+    Soft MoE-4 with Adam's epsilon 1e-5)."""
+    sweep, variables, count = COMMITTED[folder]
+    listed = {shlex.join(t) for t in dry_run(sweep, tmp_path, EXTRA=CAPTURED, **variables)}
+    assert len(listed) == count
+    states = glob.glob(os.path.join(ROOT, "benchmark", "results", folder, "*", "state.json"))
     assert states
     for path in states:
         with open(path) as f:
             state = json.load(f)
         assert state["status"] == "done" and state["command"] in listed, path
         assert glob.glob(os.path.join(os.path.dirname(path), "*", "summary.jsonl")), path
+
+
+def test_adam_eps_probe_names_its_epsilon_and_refuses_a_bad_one(tmp_path):
+    commands = dry_run("adam_eps_probe.sh", tmp_path, SEEDS="1", GAMES="Pong", ADAM_EPS="1e-6")
+    assert [(flag(t, "--exp-name"), flag(t, "--adam-eps"), flag(t, "--moe")) for t in commands] == \
+        [("drq_soft_e4_eps1e-6_100k", "1e-6", "soft")]
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "adam_eps_probe.sh"), "--dry-run"],
+                         capture_output=True, text=True, env={**os.environ, "ADAM_EPS": "small", "RUNS_DIR": str(tmp_path)})
+    assert out.returncode == 2 and "ADAM_EPS takes a positive number" in out.stderr and not os.listdir(tmp_path)
 
 
 def test_variables_scale_a_sweep_down(tmp_path):

@@ -2366,14 +2366,16 @@ def evaluation_envs(args: Args, env_id: str, n: int):
 
 
 def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
-             rng: np.random.Generator) -> tuple[list[float], list[int], int]:
+             rng: np.random.Generator) -> tuple[list[float], list[int], int, list[int]]:
     """`args.eval_episodes` episodes at once, one per environment of `evaluation_envs`, with
     epsilon `args.eval_epsilon`, random no-op starts (agent steps, or emulator frames taken at
     reset: by ale-py, whose last screen is then the first observation, or by `EmulatorGroups`, whose
     first observation stays the game's first screen), and a fresh frame stack after a
     lost life when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
-    Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), and
-    the vector steps taken: every environment is stepped until the longest episode ends."""
+    Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), the
+    vector steps taken (every environment is stepped until the longest episode ends), and how often
+    the network chose each action over those agent steps, explored or not: a policy stuck on one
+    action shows there."""
     n, in_frames = args.eval_episodes, args.noop_unit == "frame"
     envs = evaluation_envs(args, env_id, n)
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
@@ -2382,6 +2384,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
     noops = rng.integers(args.max_noops, size=n) if args.max_noops > 0 and not in_frames else np.zeros(n, dtype=np.int64)
     lives, returns, done = info["lives"].copy(), np.zeros(n), np.zeros(n, dtype=bool)
     lengths, vector_steps = np.zeros(n, dtype=np.int64), 0
+    greedy_counts = np.zeros(num_actions, dtype=np.int64)
     while not done.all():
         eval_input.copy_(torch.from_numpy(stacks))
         greedy = eval_step().cpu().numpy()
@@ -2392,6 +2395,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
         obs, reward, terminated, truncated, info = envs.step(actions)
         returns += np.where(done | in_noops, 0.0, reward)
         lengths += ~(done | in_noops)
+        greedy_counts += np.bincount(greedy[~(done | in_noops)], minlength=num_actions)
         vector_steps += 1
         stacks[:, :-1] = stacks[:, 1:]
         stacks[:, -1] = obs[:, -1]
@@ -2400,7 +2404,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
         lives, noops = info["lives"].copy(), np.maximum(noops - 1, 0)
         done |= terminated | truncated
     envs.close()
-    return returns.tolist(), lengths.tolist(), vector_steps
+    return returns.tolist(), lengths.tolist(), vector_steps, greedy_counts.tolist()
 
 
 def main(args: Args) -> str:
@@ -2543,14 +2547,14 @@ def main(args: Args) -> str:
         alone; noisy experts (DER) draw their noise from torch's generator like training does."""
         set_eval_noise(q_net, args.eval_expert_noise)
         start = time.time()
-        returns, lengths, vector_steps = evaluate(args, env_id, eval_step, eval_input, num_actions,
-                                                  np.random.default_rng([args.seed, step]))
+        returns, lengths, vector_steps, greedy_counts = evaluate(args, env_id, eval_step, eval_input, num_actions,
+                                                                 np.random.default_rng([args.seed, step]))
         set_noise(q_net, "sample")
         mean = float(np.mean(returns)) if returns else float("nan")
         logger.scalars({"return": mean, "seconds": time.time() - start}, step, "eval/")
         logger.record({"eval": True, "step": step, "frames": 4 * step, "eval_return": mean,
                        "eval_episodes": len(returns), "eval_returns": returns, "eval_lengths": lengths,
-                       "eval_vector_steps": vector_steps, "eval_seconds": round(time.time() - start, 1),
+                       "eval_vector_steps": vector_steps, "eval_greedy_counts": greedy_counts, "eval_seconds": round(time.time() - start, 1),
                        "eval_threads": evaluation_threads(args, args.eval_episodes)})
         print(f"evaluation at step {step:,}: mean return {mean:.2f} over {len(returns)} episodes "
               f"({time.time() - start:.0f} s)", flush=True)

@@ -40,6 +40,8 @@ def test_der_end_to_end(tmp_path):
     assert ev["step"] == 300 and ev["eval_episodes"] == 2 and len(ev["eval_returns"]) == 2
     assert ev["eval_return"] == pytest.approx(sum(ev["eval_returns"]) / 2)
     assert len(ev["eval_lengths"]) == 2 and 0 < max(ev["eval_lengths"]) <= ev["eval_vector_steps"]
+    counts = ev["eval_greedy_counts"]  # the network's choices, one count per action, over the episodes' agent steps
+    assert len(counts) == 4 and sum(counts) == sum(ev["eval_lengths"])  # Breakout: 4 actions
     assert ev["eval_seconds"] >= 0 and ev["eval_threads"] == min(2, len(os.sched_getaffinity(0)))
     final = recs[-1]
     assert final["final"] and final["agent"] == "der" and final["score"] == ev["eval_return"]

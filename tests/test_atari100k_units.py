@@ -428,7 +428,7 @@ def run_eval(seed, **kw):
     env_id = drq.resolve_env_id("ALE/Breakout-v5")
     eval_input = torch.zeros((args.eval_episodes, 4, 84, 84), dtype=torch.uint8)
     policy = FixedPolicy(eval_input, action=1)  # FIRE: the ball is launched, the paddle stays
-    returns, lengths, vector_steps = drq.evaluate(args, env_id, policy, eval_input, 4, np.random.default_rng(seed))
+    returns, lengths, vector_steps, _ = drq.evaluate(args, env_id, policy, eval_input, 4, np.random.default_rng(seed))
     assert len(lengths) == len(returns) and vector_steps == len(policy.seen)
     return returns, torch.stack(policy.seen)
 
@@ -454,15 +454,17 @@ def test_evaluate_runs_truncated_episodes_and_is_reproducible():
 
 def test_evaluate_reports_episode_lengths_without_the_noops():
     """With no-op starts the two truncated episodes last 60 vector steps, of which each spends its
-    no-ops (the rng's draws after the emulators' seed) before its length starts to count."""
+    no-ops (the rng's draws after the emulators' seed) before its length starts to count; the
+    network's choices are counted over the same agent steps."""
     args = dataclasses.replace(drq.Args(), eval_episodes=2, max_episode_frames=240, eval_epsilon=0.0, max_noops=10)
     eval_input = torch.zeros((2, 4, 84, 84), dtype=torch.uint8)
-    _, lengths, vector_steps = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1),
-                                            eval_input, 4, np.random.default_rng(1))
+    _, lengths, vector_steps, greedy_counts = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"),
+                                                           FixedPolicy(eval_input, 1), eval_input, 4, np.random.default_rng(1))
     draws = np.random.default_rng(1)
     draws.integers(2**31)
     noops = draws.integers(10, size=2)
     assert vector_steps == 60 and lengths == [60 - k for k in noops.tolist()]
+    assert greedy_counts == [0, sum(lengths), 0, 0]
 
 
 def test_evaluate_epsilon_draws_from_the_rng():
@@ -508,8 +510,8 @@ def test_a_cut_evaluation_plays_the_one_environments_episode():
     args = dataclasses.replace(drq.Args(), eval_episodes=2, max_episode_frames=1000, eval_epsilon=0.0, max_noops=0,
                                life_loss_frame_skip="cut_2021")
     eval_input = torch.zeros((2, 4, 84, 84), dtype=torch.uint8)
-    returns, lengths, _ = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1),
-                                       eval_input, 4, np.random.default_rng(0))
+    returns, lengths, _, _ = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1),
+                                          eval_input, 4, np.random.default_rng(0))
     assert returns == [total, total] and lengths == [length, length]
     assert terminated and 4 * length > env.unwrapped.ale.getEpisodeFrameNumber()
 
@@ -525,7 +527,7 @@ def test_a_cut_evaluation_takes_its_no_op_frames_at_reset():
                                noop_unit="frame", life_loss_frame_skip="cut")
     eval_input = torch.zeros((3, 4, 84, 84), dtype=torch.uint8)
     policy = FixedPolicy(eval_input, 1)
-    returns, lengths, _ = drq.evaluate(args, env_id, policy, eval_input, 9, np.random.default_rng(4))
+    returns, lengths, _, _ = drq.evaluate(args, env_id, policy, eval_input, 9, np.random.default_rng(4))
     draws = np.random.default_rng(int(np.random.default_rng(4).integers(2**31)))
     seeds, noops = draws.integers(2**31, size=3), draws.integers(30, size=3)
     for e, (seed, k) in enumerate(zip(seeds.tolist(), noops.tolist())):

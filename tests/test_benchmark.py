@@ -371,3 +371,41 @@ def test_life_loss_phase_counts_the_cut_frame_skips(tmp_path):
     assert breakout["lives_lost_per_episode"] >= 1 and sum(by_k.values()) == breakout["lives_lost_per_episode"]
     assert breakout["share_of_steps_at_another_phase"] > 0 or all(by_k[k] == 0 for k in "123")
     assert pong["lives_lost_per_episode"] == 0 and pong["share_of_steps_at_another_phase"] == 0
+
+
+def fake_launcher_run(folder, name, training_line, final):
+    """A launcher run folder: the agent's printed training line in log.txt and, if `final` is
+    given, a finished summary.jsonl with that evaluation return."""
+    run = os.path.join(folder, f"{name}__s1__abcd1234")
+    os.makedirs(os.path.join(run, "agent_run"))
+    with open(os.path.join(run, "log.txt"), "w") as f:
+        f.write(f"# attempt 1\nstep    {training_line} | 120.0 steps/s | return(last 20)   40.00 | loss 0.1\n")
+        f.write(f"step    100,000/100,000 |   126.6 steps/s | return(last 20)   {final[0]:.2f} | loss 0.2\n" if final else "")
+    if final:
+        with open(os.path.join(run, "agent_run", "summary.jsonl"), "w") as f:
+            f.write(json.dumps({"eval": True, "step": 100000, "eval_return": final[1]}) + "\n")
+            f.write(json.dumps({"final": True, "game": name.split("__")[1], "seed": 1, "eval_return": final[1]}) + "\n")
+
+
+def test_eval_collapse_finds_the_runs_that_play_in_training_only(tmp_path):
+    """A run collapses when its training return (the last training line of log.txt) is positive
+    and its final evaluation is below --below times it; unfinished runs are left out."""
+    fake_launcher_run(tmp_path, "soft__Hero", "98,000/100,000", (3253.5, 0.0))
+    fake_launcher_run(tmp_path, "soft__Kangaroo", "98,000/100,000", (400.0, 150.0))
+    fake_launcher_run(tmp_path, "none__Pong", "98,000/100,000", (-20.0, -21.0))
+    fake_launcher_run(tmp_path, "none__Alien", "50,000/100,000", None)
+    out = tmp_path / "collapse.json"
+    script = os.path.join(ROOT, "benchmark", "eval_collapse.py")
+    proc = subprocess.run([sys.executable, script, str(tmp_path), "--below", "0.25", "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.load(open(out))
+    assert result["counts"] == {"soft": {"collapsed": 1, "runs": 2}, "none": {"collapsed": 0, "runs": 1}}
+    assert [(r["game"], r["training"], r["collapsed"]) for r in result["runs"]] == \
+        [("Pong", -20.0, False), ("Hero", 3253.5, True), ("Kangaroo", 400.0, False)]
+    assert "| soft | Hero | 1 | 3253.5 | 0.0 |" in proc.stdout
+    proc = subprocess.run([sys.executable, script, str(tmp_path), "--below", "0.5"], capture_output=True, text=True, timeout=60)
+    assert "| soft | Kangaroo | 1 | 400.0 | 150.0 |" in proc.stdout
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "none__Alien__s1__abcd1234")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "no finished run" in proc.stderr

@@ -2393,9 +2393,10 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
         in_noops = noops > 0
         actions[in_noops] = 0
         obs, reward, terminated, truncated, info = envs.step(actions)
-        returns += np.where(done | in_noops, 0.0, reward)
-        lengths += ~(done | in_noops)
-        greedy_counts += np.bincount(greedy[~(done | in_noops)], minlength=num_actions)
+        playing = ~(done | in_noops)  # the agent steps of the episodes, their no-ops left out
+        returns += np.where(playing, reward, 0.0)
+        lengths += playing
+        greedy_counts += np.bincount(greedy[playing], minlength=num_actions)
         vector_steps += 1
         stacks[:, :-1] = stacks[:, 1:]
         stacks[:, -1] = obs[:, -1]
@@ -2554,7 +2555,8 @@ def main(args: Args) -> str:
         logger.scalars({"return": mean, "seconds": time.time() - start}, step, "eval/")
         logger.record({"eval": True, "step": step, "frames": 4 * step, "eval_return": mean,
                        "eval_episodes": len(returns), "eval_returns": returns, "eval_lengths": lengths,
-                       "eval_vector_steps": vector_steps, "eval_greedy_counts": greedy_counts, "eval_seconds": round(time.time() - start, 1),
+                       "eval_vector_steps": vector_steps, "eval_greedy_counts": greedy_counts,
+                       "eval_seconds": round(time.time() - start, 1),
                        "eval_threads": evaluation_threads(args, args.eval_episodes)})
         print(f"evaluation at step {step:,}: mean return {mean:.2f} over {len(returns)} episodes "
               f"({time.time() - start:.0f} s)", flush=True)

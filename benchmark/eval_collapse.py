@@ -15,54 +15,63 @@ times it. Per experiment name, it prints how many runs collapse, and it lists th
 
 import argparse
 import collections
-import glob
 import json
 import os
 import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from aggregate import UserError, final_score, find_run_dirs, read_run  # noqa: E402
 
 TRAINING_RETURN = re.compile(r"^step +([\d,]+)/([\d,]+) .*return\(last 20\) +(-?[\d.]+|nan)", re.MULTILINE)
 
 
-def run_returns(sweep_run: str) -> dict | None:
-    """One launcher run folder (`log.txt` beside the agent's run folder): its experiment name,
-    game, seed, training return at the last step and final evaluation; None if it has not finished
-    or its log printed no training return at its last step."""
-    finals = []
-    for path in glob.glob(os.path.join(sweep_run, "*", "summary.jsonl")):
-        with open(path) as f:
-            finals += [r for r in map(json.loads, f) if r.get("final")]
-    log = os.path.join(sweep_run, "log.txt")
-    if len(finals) != 1 or not os.path.exists(log):
+def training_return(run_dir: str) -> float | None:
+    """The mean of the last 20 training episodes that the agent printed at its last step, from the
+    launcher's `log.txt` beside the run folder; None without a log or that line."""
+    log = os.path.join(os.path.dirname(run_dir), "log.txt")
+    if not os.path.exists(log):
         return None
     with open(log) as f:
-        steps = [(int(s.replace(",", "")), int(t.replace(",", "")), float(r)) for s, t, r in TRAINING_RETURN.findall(f.read())]
+        steps = TRAINING_RETURN.findall(f.read())
     if not steps or steps[-1][0] != steps[-1][1]:
         return None
-    final = finals[0]
-    name = os.path.basename(sweep_run.rstrip("/")).split("__")[0]
-    return {"exp_name": name, "game": final["game"], "seed": final["seed"], "training": steps[-1][2],
-            "evaluation": final["eval_return"]}
+    return float(steps[-1][2])
+
+
+def finished_runs(folders: list[str]) -> list[dict]:
+    """Each finished run under `folders` that has a training return: its experiment name, game,
+    seed, training return and final evaluation (aggregate.py's final score)."""
+    runs = []
+    for path in find_run_dirs(folders):
+        run = read_run(path)
+        evaluation = final_score(run.points, None, 1) if run.finished and not run.reason else None
+        training = training_return(path)
+        if evaluation is not None and training is not None:
+            runs.append({"exp_name": run.config.get("exp_name", ""), "game": run.game, "seed": run.seed,
+                         "training": training, "evaluation": evaluation})
+    if not runs:
+        raise UserError("no finished run with a launcher log.txt under those folders")
+    return runs
 
 
 def collapses(run: dict, below: float) -> bool:
     return run["training"] > 0 and run["evaluation"] < below * run["training"]
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", help="sweep folders: one launcher run folder (log.txt) per run")
+    parser.add_argument("folders", nargs="+", help="sweep folders (searched recursively): runs started by launch.py")
     parser.add_argument("--below", type=float, default=0.25, help="collapsed: evaluation below this fraction of training")
     parser.add_argument("--out", help="write the runs and the counts as JSON here")
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
     if not 0 < opts.below <= 1:
         parser.error(f"--below takes a fraction in (0, 1], got {opts.below}")
-    runs = []
-    for folder in opts.folders:
-        if not os.path.isdir(folder):
-            parser.error(f"{folder} is not a folder of runs")
-        runs += [r for r in map(run_returns, sorted(glob.glob(os.path.join(folder, "*", "")))) if r]
-    if not runs:
-        parser.error("no finished run with a log.txt under those folders")
+    try:
+        runs = finished_runs(opts.folders)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     by_name = collections.defaultdict(lambda: [0, 0])
     for run in runs:
         run["collapsed"] = collapses(run, opts.below)
@@ -80,7 +89,8 @@ def main() -> None:
         with open(opts.out, "w") as f:
             json.dump({"below": opts.below, "counts": {n: {"collapsed": b, "runs": t} for n, (b, t) in by_name.items()},
                        "runs": runs}, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

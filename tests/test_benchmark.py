@@ -375,13 +375,15 @@ def test_life_loss_phase_counts_the_cut_frame_skips(tmp_path):
 
 def fake_launcher_run(folder, name, training_line, final):
     """A launcher run folder: the agent's printed training line in log.txt and, if `final` is
-    given, a finished summary.jsonl with that evaluation return."""
+    given, a finished run folder (config.json, summary.jsonl) with that evaluation return."""
     run = os.path.join(folder, f"{name}__s1__abcd1234")
     os.makedirs(os.path.join(run, "agent_run"))
     with open(os.path.join(run, "log.txt"), "w") as f:
         f.write(f"# attempt 1\nstep    {training_line} | 120.0 steps/s | return(last 20)   40.00 | loss 0.1\n")
         f.write(f"step    100,000/100,000 |   126.6 steps/s | return(last 20)   {final[0]:.2f} | loss 0.2\n" if final else "")
     if final:
+        with open(os.path.join(run, "agent_run", "config.json"), "w") as f:
+            json.dump({"exp_name": name.split("__")[0], "env_id": f"ALE/{name.split('__')[1]}-v5", "seed": 1}, f)
         with open(os.path.join(run, "agent_run", "summary.jsonl"), "w") as f:
             f.write(json.dumps({"eval": True, "step": 100000, "eval_return": final[1]}) + "\n")
             f.write(json.dumps({"final": True, "game": name.split("__")[1], "seed": 1, "eval_return": final[1]}) + "\n")

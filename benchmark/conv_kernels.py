@@ -84,9 +84,10 @@ def measure(cin: int, cout: int, side: int, batch: int, device) -> dict:
 
 
 def wgrad_sizes(cin: int, cout: int, side: int, batch: int, device) -> dict:
-    """us per weight gradient under each (WGRAD_K_SPLIT, WGRAD_BLOCK_M, WGRAD_PROGRAMS) with the
-    final sum at 256 x 16, then each final-sum tile (WGRAD_SUM_BLOCK, WGRAD_SUM_COLUMNS) with the
-    best of those; the module's constants are restored afterwards."""
+    """(us, error against float64) per weight gradient under each (WGRAD_K_SPLIT, WGRAD_BLOCK_M,
+    WGRAD_PROGRAMS) with the final sum at 256 x 16, then under each final-sum tile
+    (WGRAD_SUM_BLOCK, WGRAD_SUM_COLUMNS) with the best of those; the module's constants are
+    restored afterwards."""
     x = torch.randn(batch, cin, side, side, device=device).contiguous(memory_format=torch.channels_last)
     w = torch.randn(cout, cin, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
     dy = torch.randn(batch, cout, side, side, device=device).contiguous(memory_format=torch.channels_last)
@@ -94,20 +95,21 @@ def wgrad_sizes(cin: int, cout: int, side: int, batch: int, device) -> dict:
     names = ("WGRAD_K_SPLIT", "WGRAD_BLOCK_M", "WGRAD_PROGRAMS", "WGRAD_SUM_BLOCK", "WGRAD_SUM_COLUMNS")
     saved = {n: getattr(agent, n) for n in names}
 
-    def timed_with(**sizes) -> float:
+    def timed_with(**sizes) -> tuple[float, float]:
+        """(us per call, relative error against float64) with these sizes."""
         for n, v in sizes.items():
             setattr(agent, n, v)
-        return graph_us(lambda: agent._conv3x3_weight_grad(x, dy, w))
+        err = rel_err(agent._conv3x3_weight_grad(x, dy, w)[0], reference)
+        return graph_us(lambda: agent._conv3x3_weight_grad(x, dy, w)), err
 
     row = {"cin": cin, "cout": cout, "side": side, "main": {}, "sum": {}}
     try:
         for split in (1, 3, 9):
             for block_m in (64, 128):
                 for programs in (132, 264, 528):
-                    us = timed_with(WGRAD_K_SPLIT=split, WGRAD_BLOCK_M=block_m, WGRAD_PROGRAMS=programs,
-                                    WGRAD_SUM_BLOCK=256, WGRAD_SUM_COLUMNS=16)
-                    err = rel_err(agent._conv3x3_weight_grad(x, dy, w)[0], reference)
-                    row["main"][f"{split}/{block_m}/{programs}"] = (us, err)
+                    row["main"][f"{split}/{block_m}/{programs}"] = timed_with(
+                        WGRAD_K_SPLIT=split, WGRAD_BLOCK_M=block_m, WGRAD_PROGRAMS=programs,
+                        WGRAD_SUM_BLOCK=256, WGRAD_SUM_COLUMNS=16)
         best = min(row["main"], key=lambda k: row["main"][k][0])
         split, block_m, programs = map(int, best.split("/"))
         for rows, columns in ((256, 16), (128, 16), (512, 8), (64, 32), (32, 128)):
@@ -126,7 +128,7 @@ def sweep_wgrad_sizes(channels, batch: int, device, results: dict) -> None:
         top = sorted(row["main"], key=lambda k: row["main"][k][0])[:4]
         print(f"{cin}->{cout} at {side}x{side} (x{count}): split/pixels/programs " + ", ".join(
             f"{k} {row['main'][k][0]:.1f} us" for k in top) + " | final sum rows/columns " + ", ".join(
-            f"{k} {v:.1f}" for k, v in row["sum"].items()), flush=True)
+            f"{k} {us:.1f}" for k, (us, _) in row["sum"].items()), flush=True)
     totals = {k: sum(r["main"][k][0] * r["per_network"] for r in results["layers"]) for k in results["layers"][0]["main"]}
     results["per_network_total_us"] = totals
     print("per network, each uniform choice (us):", {k: round(totals[k], 1) for k in sorted(totals, key=totals.get)[:6]})

@@ -176,12 +176,12 @@ def test_k_envs_resume_after_sigkill(tmp_path):
 
 
 def test_periodic_evaluation_leaves_training_unchanged(tmp_path):
-    """--eval-every 100 evaluates at steps 100, 200, 300; DrQ's training records are the same as a
+    """--eval-every 100 evaluates at steps 100 and 200; DrQ's training records are the same as a
     run that evaluates only at the end (evaluation uses its own random numbers)."""
-    periodic = finished_run(DRQ, ["--total-steps", "300", "--eval-every", "100"], tmp_path / "a")
-    once = finished_run(DRQ, ["--total-steps", "300"], tmp_path / "b")
+    periodic = finished_run(DRQ, ["--total-steps", "200", "--eval-every", "100"], tmp_path / "a")
+    once = finished_run(DRQ, ["--total-steps", "200"], tmp_path / "b")
     evals = [r["step"] for r in records(periodic) if r.get("eval")]
-    assert evals == [100, 200, 300]
+    assert evals == [100, 200]
     train = lambda d: [{k: v for k, v in r.items() if k != "sps"} for r in records(d) if "iteration" in r]  # noqa: E731
     assert train(periodic) == train(once)
     assert records(periodic)[-1]["score"] == records(once)[-1]["score"]
@@ -197,10 +197,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, agent, fields):
     per-iteration and evaluation records; with the frame skip cut at a lost life, the screens
     that a cut step reads too."""
     script, flags = agent
-    flags = [*flags, "--total-steps", "500", "--checkpoint-every", "150", "--eval-every", "250"]
+    flags = [*flags, "--total-steps", "300", "--checkpoint-every", "150", "--eval-every", "200"]
     whole = run(script, flags, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed_dir = kill_after_first_checkpoint(script, flags, tmp_path / "killed", latest_step=450)
+    killed_dir = kill_after_first_checkpoint(script, flags, tmp_path / "killed", latest_step=250)
     resumed = run(script, [*flags, "--resume", killed_dir], tmp_path / "unused")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir, fields)

@@ -194,7 +194,7 @@ def test_seeds_take_a_count_a_range_or_a_list(tmp_path, seeds, expected):
 def test_a_sweep_runs_through_the_launcher(tmp_path):
     """A tiny Atari 100k sweep, end to end on the CPU: the launcher runs it and a second call
     finds it done."""
-    env = {"RUNS_DIR": str(tmp_path), "SEEDS": "1", "GAMES": "Pong", "SCHEDULES": "100k", "FRAMES_100K": "800",
+    env = {"RUNS_DIR": str(tmp_path), "SEEDS": "1", "GAMES": "Pong", "SCHEDULES": "100k", "FRAMES_100K": "600",
            "AGENTS": "drq", "EXPERTS": "2",
            "EXTRA": "--device cpu --impala-channels 4 8 8 --expert-hidden 16 --batch-size 8 --min-replay-history 100 "
                     "--iteration-steps 100 --eval-episodes 1 --max-episode-frames 400"}

@@ -197,10 +197,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, agent, fields):
     per-iteration and evaluation records; with the frame skip cut at a lost life, the screens
     that a cut step reads too."""
     script, flags = agent
-    flags = [*flags, "--total-steps", "300", "--checkpoint-every", "150", "--eval-every", "200"]
+    flags = [*flags, "--total-steps", "400", "--checkpoint-every", "150", "--eval-every", "200"]
     whole = run(script, flags, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed_dir = kill_after_first_checkpoint(script, flags, tmp_path / "killed", latest_step=250)
+    killed_dir = kill_after_first_checkpoint(script, flags, tmp_path / "killed", latest_step=350)
     resumed = run(script, [*flags, "--resume", killed_dir], tmp_path / "unused")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir, fields)

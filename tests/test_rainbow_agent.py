@@ -48,10 +48,10 @@ def test_ablations_run(tmp_path, flags):
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     """A killed Rainbow run resumes exactly: networks, optimiser, replay and its priorities."""
-    flags = [*TINY, "--total-frames", "1200", "--checkpoint-every", "150"]
+    flags = [*TINY, "--total-frames", "1600", "--checkpoint-every", "150"]
     whole = run(flags, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed_dir = kill_after_first_checkpoint(SCRIPT, flags, tmp_path / "killed", latest_step=250)
+    killed_dir = kill_after_first_checkpoint(SCRIPT, flags, tmp_path / "killed", latest_step=390)
     resumed = run([*flags, "--resume", killed_dir], tmp_path / "unused")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir, ("frames", "actions", "rewards", "priorities", "max_priority"))

@@ -222,15 +222,32 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
     paper runs); "cut_2021" and "full" stop before it (the 2021 code of the published DER and
     DrQ(eps) runs; gymnasium). The game goes on after a lost life: `terminated` is game over."""
 
-    def __init__(self, env, life_loss: str = "full"):
+    def __init__(self, env, life_loss: str = "full", sticky_probability: float = 0.0, seed: Optional[int] = None):
         super().__init__(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
         self.life_loss = life_loss
         self.buffer_of_frame = {2: 1, 3: 0} if life_loss == "full" else {2: 0, 3: 1}
+        self.sticky_probability, self.sticky_rng = sticky_probability, np.random.default_rng(seed)
+        self.played_action = 0  # the action the last frame played; NOOP (index 0) after a reset, as in ALE
+
+    def reset(self, *, seed: Optional[int] = None, options=None):
+        if seed is not None:
+            self.sticky_rng = np.random.default_rng(seed)
+        self.played_action = 0
+        return super().reset(seed=seed, options=options)
+
+    def frame(self, action: int):
+        """One emulator frame. Sticky actions (Machado et al. 2018; the paper's protocol, section 4):
+        with probability 0.25 the frame plays the last frame's action instead. ALE's emulator does
+        this itself, but its saved state leaves out the last action, so a restored game would
+        diverge (`get_env_state`): here the action and the draws' RNG are ours, and saved."""
+        if self.sticky_probability == 0 or self.sticky_rng.random() >= self.sticky_probability:
+            self.played_action = action
+        return self.env.step(self.played_action)
 
     def step(self, action):
         total_reward, terminated, truncated, info = 0.0, False, False, {}
         for t in range(4):
-            _, reward, terminated, truncated, info = self.env.step(action)
+            _, reward, terminated, truncated, info = self.frame(action)
             total_reward += reward
             lost_life, self.lives = self.ale.lives() < self.lives, self.ale.lives()
             stop = terminated or truncated or (lost_life and self.life_loss != "full")
@@ -250,7 +267,7 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
     kwargs = dict(render_mode="rgb_array") if video_dir else {}
     kwargs.update(
         frameskip=1,
-        repeat_action_probability=0.25 if sticky_actions else 0.0,
+        repeat_action_probability=0.0,  # sticky actions are DopamineFrameSkip's, so that a checkpoint saves them
         full_action_space=False,
         max_num_frames_per_episode=max_episode_frames,
         obs_type="grayscale",  # AtariPreprocessing reads the screens itself and drops this one: the cheapest it accepts
@@ -258,7 +275,7 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
     env = gym.make(env_id, max_episode_steps=max_episode_frames, **kwargs)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, disable_logger=True)
-    env = DopamineFrameSkip(env, life_loss)
+    env = DopamineFrameSkip(env, life_loss, 0.25 if sticky_actions else 0.0, seed)
     env.action_space.seed(seed)
     return env
 
@@ -306,10 +323,12 @@ def rom_provenance(env_id: str) -> dict:
 
 
 def get_env_state(env) -> dict:
-    """What an exact resume needs of the environment: the emulator with its RNG (sticky actions),
-    and the lives and screens of `DopamineFrameSkip`, which a cut step reads."""
+    """What an exact resume needs of the environment: the emulator, the sticky actions' RNG and
+    last action, the episode's step count, and the lives and screens of `DopamineFrameSkip`,
+    which a cut step reads."""
     return {"ale": env.unwrapped.ale.cloneState(include_rng=True), "lives": env.lives,
-            "screens": [b.copy() for b in env.obs_buffer]}
+            "screens": [b.copy() for b in env.obs_buffer], "sticky_rng": env.sticky_rng.bit_generator.state,
+            "played_action": env.played_action, "elapsed_steps": time_limit(env)._elapsed_steps}
 
 
 def set_env_state(env, state: dict) -> None:
@@ -317,6 +336,16 @@ def set_env_state(env, state: dict) -> None:
     env.lives = state.get("lives", env.unwrapped.ale.lives())
     for buffer, screen in zip(env.obs_buffer, state.get("screens", [])):
         buffer[:] = screen
+    if "sticky_rng" in state:  # older checkpoints: ALE drew the sticky actions, and lost the last one
+        env.sticky_rng.bit_generator.state = state["sticky_rng"]
+        env.played_action = state["played_action"]
+        time_limit(env)._elapsed_steps = state["elapsed_steps"]
+
+
+def time_limit(env) -> gym.wrappers.TimeLimit:
+    while not isinstance(env, gym.wrappers.TimeLimit):
+        env = env.env
+    return env
 
 
 def emulator_threads(num_envs: int) -> int:
@@ -349,9 +378,9 @@ def emulator_call(env, command: str, arg=None):
     if command == "reset":
         obs, info = env.reset(seed=arg)
         return obs, info["lives"]
-    if command == "noop_frames":  # raw NOOP emulator frames; the observation stays as it was
+    if command == "noop_frames":  # raw NOOP emulator frames (sticky too); the observation stays as it was
         for _ in range(arg):
-            ale.act(ale_py.Action.NOOP)
+            env.frame(0)
         env.lives = ale.lives()
         return ale.lives(), ale.game_over()
     if command == "state":

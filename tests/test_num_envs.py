@@ -216,6 +216,25 @@ def test_a_restored_state_holds_the_screens_a_cut_step_reads():
         assert np.array_equal(env.step(int(a))[0], fresh.step(int(a))[0])
 
 
+def test_a_restored_state_plays_on_with_the_sticky_action_of_the_last_frame():
+    """Sticky actions replay the last frame's action with probability 0.25, and a restored game
+    replays the saved game's: twenty Pong games moved UP, saved, and restored into fresh
+    environments play on DOWN with the frames of the games they came from. (ALE's own saved
+    state leaves out the last action: a restored game played NOOP there, and some diverged.)"""
+    up, down = 2, 3
+    for seed in range(20):
+        env = dqn.make_env("ALE/Pong-v5", seed, True, 108_000)
+        env.reset(seed=seed)
+        for a in [up, down] * 10 + [up] * 3:
+            env.step(a)
+        state = dqn.get_env_state(env)
+        fresh = dqn.make_env("ALE/Pong-v5", seed + 1, True, 108_000)
+        fresh.reset(seed=seed + 1)
+        dqn.set_env_state(fresh, state)
+        for _ in range(10):
+            assert np.array_equal(env.step(down)[0], fresh.step(down)[0]), f"seed {seed}"
+
+
 def test_emulator_process_gives_the_local_emulators_frames_and_states():
     """--emulator-process: the one environment stepped in a child process gives the frames,
     rewards, episode ends and lives of the same environment stepped in the loop's process, with

@@ -259,6 +259,23 @@ def longest_first(run_dirs: list[str], sweep_dir: str) -> list[str]:
     return sorted(run_dirs, key=expected, reverse=True)
 
 
+def by_game(run_dirs: list[str]) -> list[str]:
+    """`run_dirs` seed by seed and, within a seed, game by game, each game's runs in their listed
+    order: a sweep lists each configuration's runs over all games together, so a machine lent for
+    a fixed time would otherwise end with every game begun and few of them compared."""
+    def group(run_dir: str) -> tuple[int, str]:
+        tokens = shlex.split(read_state(run_dir)["command"])
+        seed = flag_value(tokens, "--seed", "1")
+        return (int(seed) if seed.isdigit() else 0), flag_value(tokens, "--env-id", "default")
+
+    groups = [group(d) for d in run_dirs]
+    first_listed = {}
+    for i, (_, game) in enumerate(groups):
+        first_listed.setdefault(game, i)
+    order = sorted(range(len(run_dirs)), key=lambda i: (groups[i][0], first_listed[groups[i][1]], i))
+    return [run_dirs[i] for i in order]
+
+
 # ---------------------------------------------------------------------------------------------
 # One run (the worker): what both the local pool and a Slurm task start
 # ---------------------------------------------------------------------------------------------
@@ -569,6 +586,10 @@ def parse_args(argv=None):
                    help="start the runs expected to take longest first: by the median wall clock of the sweep's "
                         "finished runs of the same command but --seed (runs with none first); with --start-within, "
                         "a lent machine's runs then end closer together")
+    p.add_argument("--by-game", action="store_true",
+                   help="start the runs seed by seed and, within a seed, game by game (each game's runs in the "
+                        "listed order): a machine lent for a fixed time ends with whole games, every "
+                        "configuration on each, instead of every game begun")
     p.add_argument("--start-within", type=float, default=0,
                    help="start no run later than this many seconds after the launcher began (0: no limit); the runs "
                         "going then finish, the rest wait for the next launch: for a machine lent for a fixed time, "
@@ -592,6 +613,8 @@ def parse_args(argv=None):
     for name in ("runs_per_gpu", "jobs", "threads_per_run", "gpus_per_task", "max_concurrent", "cpus_per_task", "start_within"):
         if getattr(opts, name) < 0 or (name == "runs_per_gpu" and opts.runs_per_gpu < 1):
             fail(f"--{name.replace('_', '-')} must be {'at least 1' if name == 'runs_per_gpu' else '0 or more'}")
+    if opts.by_game and opts.longest_first:
+        fail("--by-game and --longest-first are two orders: give one")
     if opts.slurm and opts.start_within:
         fail("--start-within is for runs started here; with --slurm, each task's --time limits its runs")
     if not opts.work and not opts.sweep_dir:
@@ -621,6 +644,8 @@ def main(argv=None) -> int:
     run_dirs = register(opts.sweep_dir, commands, os.getcwd())
     if opts.longest_first:
         run_dirs = longest_first(run_dirs, opts.sweep_dir)
+    if opts.by_game:
+        run_dirs = by_game(run_dirs)
     if opts.slurm:
         return submit_slurm(startable(run_dirs, opts.retry_failed), opts)
     with sweep_lock(opts.sweep_dir):  # before reading the states: a second launcher would start the same runs

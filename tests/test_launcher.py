@@ -200,6 +200,23 @@ def test_longest_first_starts_the_longest_expected_runs_first(fake):
     assert [os.path.basename(d).split("__")[0] for d in reordered] == ["long", "mid", "short"]
 
 
+def test_by_game_starts_every_configuration_of_a_game_before_the_next_game(fake):
+    """--by-game: a sweep lists each configuration over all games (two networks on three games, two
+    seeds); the runs start seed by seed, game by game, each game's networks in the listed order.
+    Combined with --longest-first it fails in one line."""
+    listed = [fake_command(fake, net, seed, "--env-id", game)
+              for seed in (2, 1) for net in ("none", "soft") for game in ("Pong", "Alien", "Qbert")]
+    commands = write_commands(fake, listed)
+    code, out = launcher(fake / "sweep", commands, "--jobs", "1", "--by-game")
+    assert code == 0 and "12 done" in out, out
+    started = [r["args"] for r in sorted(stamps(fake), key=lambda r: r["start"])]
+    order = [(a[a.index("--seed") + 1], a[a.index("--env-id") + 1], a[a.index("--exp-name") + 1]) for a in started]
+    assert order == [(seed, game, net) for seed in ("1", "2") for game in ("Pong", "Alien", "Qbert")
+                     for net in ("none", "soft")]
+    code, out = launcher(fake / "sweep", commands, "--by-game", "--longest-first")
+    assert code == 1 and out.strip() == "error: --by-game and --longest-first are two orders: give one"
+
+
 def test_runs_share_out_the_gpus(fake):
     """--gpus 0,1 --runs-per-gpu 2: four runs at once, two on each GPU (the launcher only sets
     CUDA_VISIBLE_DEVICES, so this runs without a GPU)."""

@@ -269,12 +269,15 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
     paper runs); "cut_2021" and "full" stop before it (the 2021 code of the published DER and
     DrQ(eps) runs; gymnasium). The game goes on after a lost life: `terminated` is game over."""
 
-    def __init__(self, env, life_loss: str = "full", sticky_probability: float = 0.0, seed: Optional[int] = None):
+    def __init__(self, env, life_loss: str = "full", sticky_probability: float = 0.0, seed: Optional[int] = None,
+                 recording: bool = False):
         super().__init__(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
         self.life_loss = life_loss
         self.buffer_of_frame = {2: 1, 3: 0} if life_loss == "full" else {2: 0, 3: 1}
         self.sticky_probability, self.sticky_rng = sticky_probability, np.random.default_rng(seed)
         self.played_action = 0  # the action the last frame played; NOOP (index 0) after a reset, as in ALE
+        self.emulator, self.action_set = env.unwrapped.ale, env.unwrapped._action_set
+        self.recording = recording  # a RecordVideo wrapper films the frames gymnasium's env steps
 
     def reset(self, *, seed: Optional[int] = None, options=None):
         if seed is not None:
@@ -282,27 +285,34 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         self.played_action = 0
         return super().reset(seed=seed, options=options)
 
-    def frame(self, action: int):
-        """One emulator frame. Sticky actions (Machado et al. 2018; the paper's protocol, section 4):
-        with probability 0.25 the frame plays the last frame's action instead. ALE's emulator does
-        this itself, but its saved state leaves out the last action, so a restored game would
-        diverge (`get_env_state`): here the action and the draws' RNG are ours, and saved."""
+    def frame(self, action: int) -> tuple[float, bool, bool]:
+        """One emulator frame: its reward, game over, and the episode's frame limit reached (ALE's
+        own limit, in its saved state). Sticky actions (Machado et al. 2018; the paper's protocol,
+        section 4): with probability 0.25 the frame plays the last frame's action instead. ALE's
+        emulator can do this itself, but its saved state leaves out the last action, so a restored
+        game would diverge (`get_env_state`): here the action and the draws' RNG are ours, and saved.
+        The frame goes straight to the emulator, as gymnasium's step would, less the screen that
+        step reads and this class drops (15% of a step)."""
         if self.sticky_probability == 0 or self.sticky_rng.random() >= self.sticky_probability:
             self.played_action = action
-        return self.env.step(self.played_action)
+        if self.recording:
+            _, reward, terminated, truncated, _ = self.env.step(self.played_action)
+            return reward, terminated, truncated
+        reward = self.emulator.act(self.action_set[self.played_action])
+        return reward, self.emulator.game_over(with_truncation=False), self.emulator.game_truncated()
 
     def step(self, action):
-        total_reward, terminated, truncated, info = 0.0, False, False, {}
+        total_reward, terminated, truncated = 0.0, False, False
         for t in range(4):
-            _, reward, terminated, truncated, info = self.frame(action)
+            reward, terminated, truncated = self.frame(action)
             total_reward += reward
-            lost_life, self.lives = self.ale.lives() < self.lives, self.ale.lives()
+            lost_life, self.lives = self.emulator.lives() < self.lives, self.emulator.lives()
             stop = terminated or truncated or (lost_life and self.life_loss != "full")
             if t >= 2 and not (stop and self.life_loss != "cut"):
-                self.ale.getScreenGrayscale(self.obs_buffer[self.buffer_of_frame[t]])
+                self.emulator.getScreenGrayscale(self.obs_buffer[self.buffer_of_frame[t]])
             if stop:
                 break
-        return self._get_obs(), total_reward, terminated, truncated, info
+        return self._get_obs(), total_reward, terminated, truncated, {"lives": self.lives}
 
 
 def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: int, video_dir: Optional[str] = None,
@@ -322,7 +332,7 @@ def make_env(env_id: str, seed: int, sticky_actions: bool, max_episode_frames: i
     env = gym.make(env_id, max_episode_steps=max_episode_frames, **kwargs)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, disable_logger=True)
-    env = DopamineFrameSkip(env, life_loss, 0.25 if sticky_actions else 0.0, seed)
+    env = DopamineFrameSkip(env, life_loss, 0.25 if sticky_actions else 0.0, seed, recording=bool(video_dir))
     env.action_space.seed(seed)
     return env
 
@@ -370,12 +380,12 @@ def rom_provenance(env_id: str) -> dict:
 
 
 def get_env_state(env) -> dict:
-    """What an exact resume needs of the environment: the emulator, the sticky actions' RNG and
-    last action, the episode's step count, and the lives and screens of `DopamineFrameSkip`,
+    """What an exact resume needs of the environment: the emulator (its frame counts included),
+    the sticky actions' RNG and last action, and the lives and screens of `DopamineFrameSkip`,
     which a cut step reads."""
     return {"ale": env.unwrapped.ale.cloneState(include_rng=True), "lives": env.lives,
             "screens": [b.copy() for b in env.obs_buffer], "sticky_rng": env.sticky_rng.bit_generator.state,
-            "played_action": env.played_action, "elapsed_steps": time_limit(env)._elapsed_steps}
+            "played_action": env.played_action}
 
 
 def set_env_state(env, state: dict) -> None:
@@ -386,13 +396,6 @@ def set_env_state(env, state: dict) -> None:
     if "sticky_rng" in state:  # older checkpoints: ALE drew the sticky actions, and lost the last one
         env.sticky_rng.bit_generator.state = state["sticky_rng"]
         env.played_action = state["played_action"]
-        time_limit(env)._elapsed_steps = state["elapsed_steps"]
-
-
-def time_limit(env) -> gym.wrappers.TimeLimit:
-    while not isinstance(env, gym.wrappers.TimeLimit):
-        env = env.env
-    return env
 
 
 def emulator_threads(num_envs: int) -> int:

@@ -235,6 +235,31 @@ def test_a_restored_state_plays_on_with_the_sticky_action_of_the_last_frame():
             assert np.array_equal(env.step(down)[0], fresh.step(down)[0]), f"seed {seed}"
 
 
+@pytest.mark.parametrize("game, life_loss, max_frames", [("Breakout", "cut", 20_000), ("Pong", "full", 1_000)])
+def test_frames_played_straight_on_the_emulator_are_gymnasiums(game, life_loss, max_frames):
+    """`DopamineFrameSkip` plays its frames on ALE directly, less the screen that gymnasium's step
+    reads: the same frames, rewards, lives and episode ends (game over, a lost life's cut, the
+    frame limit) as through gymnasium's step, which it takes while a video is recorded."""
+    def roll(recording):
+        env = dqn.make_env(f"ALE/{game}-v5", 0, True, max_frames)
+        env = dqn.DopamineFrameSkip(env.env, life_loss, 0.25, 0, recording=recording)
+        out = [env.reset(seed=0)[0]]
+        for a in np.random.default_rng(0).integers(env.action_space.n, size=700):
+            obs, reward, terminated, truncated, info = env.step(int(a))
+            out.append((obs, reward, terminated, truncated, info["lives"]))
+            if terminated or truncated:
+                out.append(env.reset()[0])
+        return out
+
+    direct, through_gymnasium = roll(False), roll(True)
+    assert any(isinstance(x, np.ndarray) for x in direct[1:]), "no episode ended: nothing tested at its end"
+    for a, b in zip(direct, through_gymnasium, strict=True):
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b)
+        else:
+            assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+
+
 def test_emulator_process_gives_the_local_emulators_frames_and_states():
     """--emulator-process: the one environment stepped in a child process gives the frames,
     rewards, episode ends and lives of the same environment stepped in the loop's process, with

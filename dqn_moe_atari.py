@@ -250,7 +250,8 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         for t in range(4):
             reward, terminated, truncated = self.frame(action)
             total_reward += reward
-            lost_life, self.lives = self.emulator.lives() < self.lives, self.emulator.lives()
+            lives = self.emulator.lives()
+            lost_life, self.lives = lives < self.lives, lives
             stop = terminated or truncated or (lost_life and self.life_loss != "full")
             if t >= 2 and not (stop and self.life_loss != "cut"):
                 self.emulator.getScreenGrayscale(self.obs_buffer[self.buffer_of_frame[t]])

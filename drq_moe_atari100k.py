@@ -294,7 +294,7 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         emulator can do this itself, but its saved state leaves out the last action, so a restored
         game would diverge (`get_env_state`): here the action and the draws' RNG are ours, and saved.
         The frame goes straight to the emulator, as gymnasium's step would, less the screen that
-        step reads and this class drops (15% of a step)."""
+        step reads and this class drops (a sixth of a step: RESULTS.md, "ninth pass")."""
         if self.sticky_probability == 0 or self.sticky_rng.random() >= self.sticky_probability:
             self.played_action = action
         if self.recording:

@@ -47,14 +47,22 @@ def test_ablations_run(tmp_path, flags):
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
-    """A killed Rainbow run resumes exactly: networks, optimiser, replay and its priorities."""
+    """A killed Rainbow run resumes exactly: networks, optimiser, replay and its priorities. A run
+    that finished at an iteration's end (200 steps), resumed with a larger --total-frames, is
+    the same run too, its first final record dropped."""
     flags = [*TINY, "--total-frames", "1600", "--checkpoint-every", "150"]
     whole = run(flags, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed_dir = kill_after_first_checkpoint(SCRIPT, flags, tmp_path / "killed", latest_step=390)
     resumed = run([*flags, "--resume", killed_dir], tmp_path / "unused")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir, ("frames", "actions", "rewards", "priorities", "max_priority"))
+    fields = ("frames", "actions", "rewards", "priorities", "max_priority")
+    assert_same_run(only_run_dir(tmp_path / "whole"), killed_dir, fields)
+    short = run([*TINY, "--total-frames", "800", "--checkpoint-every", "150"], tmp_path / "short")
+    assert short.returncode == 0, short.stderr[-3000:]
+    extended = run([*flags, "--resume", only_run_dir(tmp_path / "short")], tmp_path / "unused")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert_same_run(only_run_dir(tmp_path / "whole"), only_run_dir(tmp_path / "short"), fields)
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -228,14 +228,15 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         self.life_loss = life_loss
         self.buffer_of_frame = {2: 1, 3: 0} if life_loss == "full" else {2: 0, 3: 1}
         self.sticky_probability, self.sticky_rng = sticky_probability, np.random.default_rng(seed)
-        self.played_action = 0  # the action the last frame played; NOOP (index 0) after a reset, as in ALE
+        self.played_action = ale_py.Action.NOOP  # the ALE action of the last frame; NOOP after a reset, as in ALE
         self.emulator, self.action_set = env.unwrapped.ale, env.unwrapped._action_set
         self.recording = recording  # a RecordVideo wrapper films the frames gymnasium's env steps
+        self.action_index = {a: i for i, a in enumerate(self.action_set)}  # for gymnasium's step
 
     def reset(self, *, seed: Optional[int] = None, options=None):
         if seed is not None:
             self.sticky_rng = np.random.default_rng(seed)
-        self.played_action = 0
+        self.played_action = ale_py.Action.NOOP
         return super().reset(seed=seed, options=options)
 
     def frame(self, action: int) -> tuple[float, bool, bool]:
@@ -247,11 +248,11 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         The frame goes straight to the emulator, as gymnasium's step would, less the screen that
         step reads and this class drops (a sixth of a step: RESULTS.md, "ninth pass")."""
         if self.sticky_probability == 0 or self.sticky_rng.random() >= self.sticky_probability:
-            self.played_action = action
-        if self.recording:
-            _, reward, terminated, truncated, _ = self.env.step(self.played_action)
+            self.played_action = self.action_set[action]
+        if self.recording and self.played_action in self.action_index:  # a reset's NOOP may be outside the set
+            _, reward, terminated, truncated, _ = self.env.step(self.action_index[self.played_action])
             return reward, terminated, truncated
-        reward = self.emulator.act(self.action_set[self.played_action])
+        reward = self.emulator.act(self.played_action)
         return reward, self.emulator.game_over(with_truncation=False), self.emulator.game_truncated()
 
     def step(self, action):
@@ -339,7 +340,7 @@ def get_env_state(env) -> dict:
     which a cut step reads."""
     return {"ale": env.unwrapped.ale.cloneState(include_rng=True), "lives": env.lives,
             "screens": [b.copy() for b in env.obs_buffer], "sticky_rng": env.sticky_rng.bit_generator.state,
-            "played_action": env.played_action}
+            "played_action": env.played_action.value}
 
 
 def set_env_state(env, state: dict) -> None:
@@ -349,7 +350,7 @@ def set_env_state(env, state: dict) -> None:
         buffer[:] = screen
     if "sticky_rng" in state:  # older checkpoints: ALE drew the sticky actions, and lost the last one
         env.sticky_rng.bit_generator.state = state["sticky_rng"]
-        env.played_action = state["played_action"]
+        env.played_action = ale_py.Action(state["played_action"])
 
 
 def emulator_threads(num_envs: int) -> int:

@@ -235,6 +235,23 @@ def test_a_restored_state_plays_on_with_the_sticky_action_of_the_last_frame():
             assert np.array_equal(env.step(down)[0], fresh.step(down)[0]), f"seed {seed}"
 
 
+def test_a_reset_leaves_noop_as_the_last_action_even_outside_the_action_set():
+    """After a reset the last action is ALE's NOOP, which a sticky frame replays, as ALE's own
+    sticky actions do; VideoCheckers' minimal action set has no NOOP (its index 0 is another
+    action). With the probability at 1 every frame replays it: the screens of NOOP frames."""
+    env = dqn.make_env("ALE/VideoCheckers-v5", 0, False, 108_000)
+    assert env.action_set[0] != dqn.ale_py.Action.NOOP
+    env = dqn.DopamineFrameSkip(env.env, "full", sticky_probability=1.0, seed=0)
+    env.reset(seed=0)
+    noops = dqn.make_env("ALE/VideoCheckers-v5", 0, False, 108_000)
+    noops.reset(seed=0)
+    for _ in range(50):
+        env.step(1)
+        for _ in range(4):
+            noops.unwrapped.ale.act(dqn.ale_py.Action.NOOP)
+        assert np.array_equal(env.unwrapped.ale.getScreen(), noops.unwrapped.ale.getScreen())
+
+
 @pytest.mark.parametrize("game, life_loss, max_frames", [("Breakout", "cut", 20_000), ("Pong", "full", 1_000)])
 def test_frames_played_straight_on_the_emulator_are_gymnasiums(game, life_loss, max_frames):
     """`DopamineFrameSkip` plays its frames on ALE directly, less the screen that gymnasium's step

@@ -288,17 +288,17 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         self.played_action = ale_py.Action.NOOP
         return super().reset(seed=seed, options=options)
 
-    def frame(self, action: int) -> tuple[float, bool, bool]:
-        """One emulator frame: its reward, game over, and the episode's frame limit reached (ALE's
-        own limit, in its saved state). Sticky actions (Machado et al. 2018; the paper's protocol,
-        section 4): with probability 0.25 the frame plays the last frame's action instead. ALE's
-        emulator can do this itself, but its saved state leaves out the last action, so a restored
-        game would diverge (`get_env_state`): here the action and the draws' RNG are ours, and saved.
-        The frame goes straight to the emulator, as gymnasium's step would, less the screen that
-        step reads and this class drops (a sixth of a step: RESULTS.md, "ninth pass")."""
+    def frame(self, action: ale_py.Action) -> tuple[float, bool, bool]:
+        """One emulator frame of an ALE action: its reward, game over, and the episode's frame limit
+        reached (ALE's own limit, in its saved state). Sticky actions (Machado et al. 2018; the
+        paper's protocol, section 4): with probability 0.25 the frame plays the last frame's action
+        instead. ALE's emulator can do this itself, but its saved state leaves out the last action,
+        so a restored game would diverge (`get_env_state`): here the action and the draws' RNG are
+        ours, and saved. The frame goes straight to the emulator, as gymnasium's step would, less
+        the screen that step reads and this class drops (a sixth of a step: RESULTS.md, "ninth pass")."""
         if self.sticky_probability == 0 or self.sticky_rng.random() >= self.sticky_probability:
-            self.played_action = self.action_set[action]
-        if self.recording and self.played_action in self.action_index:  # a reset's NOOP may be outside the set
+            self.played_action = action
+        if self.recording and self.played_action in self.action_index:  # NOOP may be outside the set
             _, reward, terminated, truncated, _ = self.env.step(self.action_index[self.played_action])
             return reward, terminated, truncated
         reward = self.emulator.act(self.played_action)
@@ -307,7 +307,7 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
     def step(self, action):
         total_reward, terminated, truncated = 0.0, False, False
         for t in range(4):
-            reward, terminated, truncated = self.frame(action)
+            reward, terminated, truncated = self.frame(self.action_set[action])
             total_reward += reward
             lives = self.emulator.lives()
             lost_life, self.lives = lives < self.lives, lives
@@ -434,7 +434,7 @@ def emulator_call(env, command: str, arg=None):
         return obs, info["lives"]
     if command == "noop_frames":  # raw NOOP emulator frames (sticky too); the observation stays as it was
         for _ in range(arg):
-            env.frame(0)
+            env.frame(ale_py.Action.NOOP)
         env.lives = ale.lives()
         return ale.lives(), ale.game_over()
     if command == "state":

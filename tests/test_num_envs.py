@@ -238,7 +238,8 @@ def test_a_restored_state_plays_on_with_the_sticky_action_of_the_last_frame():
 def test_a_reset_leaves_noop_as_the_last_action_even_outside_the_action_set():
     """After a reset the last action is ALE's NOOP, which a sticky frame replays, as ALE's own
     sticky actions do; VideoCheckers' minimal action set has no NOOP (its index 0 is another
-    action). With the probability at 1 every frame replays it: the screens of NOOP frames."""
+    action). With the probability at 1 every frame replays it: the screens of NOOP frames. The
+    no-op start's frames (`noop_frames`) are NOOPs too."""
     env = dqn.make_env("ALE/VideoCheckers-v5", 0, False, 108_000)
     assert env.action_set[0] != dqn.ale_py.Action.NOOP
     env = dqn.DopamineFrameSkip(env.env, "full", sticky_probability=1.0, seed=0)
@@ -250,6 +251,14 @@ def test_a_reset_leaves_noop_as_the_last_action_even_outside_the_action_set():
         for _ in range(4):
             noops.unwrapped.ale.act(dqn.ale_py.Action.NOOP)
         assert np.array_equal(env.unwrapped.ale.getScreen(), noops.unwrapped.ale.getScreen())
+    env.sticky_probability = 0.0
+    env.step(1)  # the last action is now another than NOOP; the no-op start's frames are NOOPs all the same
+    dqn.emulator_call(env, "noop_frames", 9)
+    for _ in range(4):
+        noops.unwrapped.ale.act(env.action_set[1])
+    for _ in range(9):
+        noops.unwrapped.ale.act(dqn.ale_py.Action.NOOP)
+    assert np.array_equal(env.unwrapped.ale.getScreen(), noops.unwrapped.ale.getScreen())
 
 
 @pytest.mark.parametrize("game, life_loss, max_frames", [("Breakout", "cut", 20_000), ("Pong", "full", 1_000)])

@@ -269,7 +269,8 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
     earlier step left there. "cut" reads the screen of the frame that ends the step, a lost life's
     or the game's last, before stopping (Dopamine since April 2022, commit 9e8c66a, which the MoE
     paper runs); "cut_2021" and "full" stop before it (the 2021 code of the published DER and
-    DrQ(eps) runs; gymnasium). The game goes on after a lost life: `terminated` is game over."""
+    DrQ(eps) runs; gymnasium). The game goes on after a lost life: `terminated` is game over.
+    Each frame, with its sticky action, goes to the emulator through `frame`."""
 
     def __init__(self, env, life_loss: str = "full", sticky_probability: float = 0.0, seed: Optional[int] = None,
                  recording: bool = False):

@@ -76,7 +76,7 @@ PARTS = ("emulator", "act_wait", "act", "update", "replay")  # act_wait: --timer
 def loop_parts(agent_file: str) -> dict:
     """part: (file name ending, function name) of the functions whose cumulative time it sums."""
     return {
-        "emulator": [("atari_preprocessing.py", "step"), ("vector_env.py", "recv"),
+        "emulator": [(agent_file, "emulator_call"), ("vector_env.py", "recv"),
                      ("connection.py", "recv")],  # the last: the wait for --emulator-process's child
         "act": [("profile_loop.py", "act_step"), (agent_file, "fetch")],
         "update": [("profile_loop.py", "update_step")],

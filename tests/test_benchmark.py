@@ -119,15 +119,17 @@ def test_perf_quick_atari100k_agents(tmp_path):
     assert all(r["update_ms_median"] > 0 and r["params"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("timers, emulator_process", [(False, False), (True, False), (True, True)])
-def test_profile_loop_quick(tmp_path, timers, emulator_process):
+@pytest.mark.parametrize("timers, envs", [(False, "vector"), (False, "one"), (True, "vector"), (True, "child")])
+def test_profile_loop_quick(tmp_path, timers, envs):
     """profile_loop.py measures the loop after its first iteration (cProfile, or clocks with
     --timers) and splits each agent step's host time into its parts; the parts are measured and
-    leave time for the rest of the loop. --emulator-steps times the environments alone, and
-    --emulator-process runs one environment in a child process."""
+    leave time for the rest of the loop, with ale-py's vector env (K = 2) or one environment.
+    --emulator-steps times the environments alone, and --emulator-process runs one environment
+    in a child process."""
     out = tmp_path / "loop.json"
     flags = ["--timers", "--emulator-steps", "30"] if timers else []
-    envs = ["--num-envs", "1", "--emulator-process"] if emulator_process else ["--num-envs", "2"]
+    emulator_process = envs == "child"
+    envs = {"vector": ["--num-envs", "2"], "one": ["--num-envs", "1"], "child": ["--num-envs", "1", "--emulator-process"]}[envs]
     proc = subprocess.run([sys.executable, "benchmark/profile_loop.py", "--agent", "dqn", *envs, "--quick",
                            *flags, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

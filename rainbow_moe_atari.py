@@ -230,6 +230,7 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         self.buffer_of_frame = {2: 1, 3: 0} if life_loss == "full" else {2: 0, 3: 1}
         self.sticky_probability, self.sticky_rng = sticky_probability, np.random.default_rng(seed)
         self.played_action = ale_py.Action.NOOP  # the ALE action of the last frame; NOOP after a reset, as in ALE
+        # held here: the base class's `self.ale` walks the wrappers at every access, 8 times a step
         self.emulator, self.action_set = env.unwrapped.ale, env.unwrapped._action_set
         self.recording = recording  # a RecordVideo wrapper films the frames gymnasium's env steps
         self.action_index = {a: i for i, a in enumerate(self.action_set)}  # for gymnasium's step
@@ -257,9 +258,9 @@ class DopamineFrameSkip(gym.wrappers.AtariPreprocessing):
         return reward, self.emulator.game_over(with_truncation=False), self.emulator.game_truncated()
 
     def step(self, action):
-        total_reward, terminated, truncated = 0.0, False, False
+        total_reward, terminated, truncated, ale_action = 0.0, False, False, self.action_set[action]
         for t in range(4):
-            reward, terminated, truncated = self.frame(self.action_set[action])
+            reward, terminated, truncated = self.frame(ale_action)
             total_reward += reward
             lives = self.emulator.lives()
             lost_life, self.lives = lives < self.lives, lives

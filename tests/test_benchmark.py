@@ -129,8 +129,9 @@ def test_profile_loop_quick(tmp_path, timers, envs):
     out = tmp_path / "loop.json"
     flags = ["--timers", "--emulator-steps", "30"] if timers else []
     emulator_process = envs == "child"
-    envs = {"vector": ["--num-envs", "2"], "one": ["--num-envs", "1"], "child": ["--num-envs", "1", "--emulator-process"]}[envs]
-    proc = subprocess.run([sys.executable, "benchmark/profile_loop.py", "--agent", "dqn", *envs, "--quick",
+    env_flags = {"vector": ["--num-envs", "2"], "one": ["--num-envs", "1"],
+                 "child": ["--num-envs", "1", "--emulator-process"]}[envs]
+    proc = subprocess.run([sys.executable, "benchmark/profile_loop.py", "--agent", "dqn", *env_flags, "--quick",
                            *flags, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

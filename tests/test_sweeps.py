@@ -19,7 +19,7 @@ import tyro
 from agent_runs import ROOT
 
 SWEEPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmark", "fig*.sh"))) + ["atari100k_fidelity.sh"]
-PROBES = ["atari100k_protocol_probe.sh", "dopamine_curves.sh", "adam_eps_probe.sh"]  # a few games and seeds, not the paper's lists
+PROBES = ["atari100k_protocol_probe.sh", "dopamine_curves.sh", "adam_eps_probe.sh", "eval_epsilon_probe.sh"]  # a few games and seeds, not the paper's lists
 CAPTURED = "--compile --cudagraphs --no-torch-deterministic"
 COMMON = os.path.join(ROOT, "benchmark", "sweep_common.sh")
 
@@ -322,6 +322,40 @@ def test_protocol_probe_swaps_the_no_op_unit_between_training_and_evaluation(tmp
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "VARIANTS": "swapeval", "GAMES": "Breakout", "RUNS_DIR": str(tmp_path)})
     assert out.returncode != 0 and "run VARIANTS=savemodel first" in out.stderr
+
+
+def test_eval_epsilon_probe_evaluates_each_saved_network_at_the_training_epsilon(tmp_path):
+    """VARIANTS=savemodel: the fidelity sweep's Nature CNN Soft MoE-4 command with --save-model;
+    VARIANTS=evaleps: one command per finished savemodel run of the games and seeds asked for,
+    evaluating its model.pt (full path) with --eval-epsilon and the training run's seed; each
+    parses and passes the agent's checks; a bad epsilon, or no such run, fails before anything."""
+    saved = dry_run("eval_epsilon_probe.sh", tmp_path)
+    sweep = dry_run("atari100k_fidelity.sh", tmp_path, SEEDS="1 2 3", AGENTS="drq", NETWORKS="soft", GAMES="Hero Kangaroo")
+    assert len(saved) == len(sweep) == 6
+    assert sorted(saved) == sorted(["drq_soft_e4_save_100k" if x == "drq_soft_e4_100k" else x for x in t] + ["--save-model"]
+                                   for t in sweep)
+    probe = tmp_path / "eval_epsilon_probe"
+    models = {}
+    for game, seed in [("Hero", 1), ("Kangaroo", 3), ("Pong", 1), ("Hero", 7)]:
+        run = probe / f"drq_soft_e4_save_100k__{game}__s{seed}__0123abcd" / f"{game}__drq_soft_e4_save_100k__soft4__{seed}__1"
+        run.mkdir(parents=True)
+        (run / "model.pt").write_bytes(b"weights")
+        models[(game, seed)] = str(run / "model.pt")
+    evals = dry_run("eval_epsilon_probe.sh", tmp_path, VARIANTS="evaleps", EVAL_EPSILON="0.05")
+    assert sorted((flag(t, "--exp-name"), flag(t, "--env-id"), flag(t, "--seed"), flag(t, "--eval-epsilon"),
+                   flag(t, "--eval-model")) for t in evals) == [
+        ("drq_soft_e4_save_evaleps0.05_100k", "Hero", "1", "0.05", models[("Hero", 1)]),
+        ("drq_soft_e4_save_evaleps0.05_100k", "Kangaroo", "3", "0.05", models[("Kangaroo", 3)])]
+    module = load_agent("drq_moe_atari100k.py")
+    for t in evals:
+        args = tyro.cli(module.Args, args=t[2:])
+        module.validate_atari100k_args(args)
+        assert (args.moe, args.num_experts, args.encoder) == ("soft", 4, "nature")
+    for env, message in [({"VARIANTS": "evaleps", "GAMES": "Breakout"}, "run VARIANTS=savemodel first"),
+                         ({"EVAL_EPSILON": "1e-2"}, "EVAL_EPSILON takes a probability")]:
+        out = subprocess.run(["bash", os.path.join(ROOT, "benchmark", "eval_epsilon_probe.sh"), "--dry-run"],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "RUNS_DIR": str(tmp_path), **env})
+        assert out.returncode != 0 and message in out.stderr, env
 
 
 def test_fidelity_sweep_in_the_2021_protocol(tmp_path):

@@ -1,6 +1,7 @@
 """Where the host's time goes in an agent's training loop: runs the agent (its own `main`) and,
 from the end of the first iteration (compilation, graph capture and random acting are over) to
-the end of the run, measures the Python process. Prints, per agent step, the time spent in each
+the record of the last one, measures the Python process (the run's closing checkpoint, written once
+however long a run is, is timed apart). Prints, per agent step, the time spent in each
 part of the loop and writes JSON:
 
     emulator        the environment step (gymnasium's AtariPreprocessing; ale-py's vector env)
@@ -100,12 +101,24 @@ def run_args(agent, name: str, opts, device: str):
                       epsilon_decay_steps=1, buffer_size=opts.buffer_size)
 
 
+def final_step(args) -> int:
+    """The agent steps of the whole run (DQN and Rainbow count frames)."""
+    return args.total_steps if hasattr(args, "total_steps") else args.total_frames // 4
+
+
+def ends_window(rec: dict, last_step: int) -> bool:
+    """The window ends at the record of the run's last iteration. After it the loop writes the
+    run's one checkpoint (its replay included: seconds for a large one), once per run however long
+    it is, so it is left out of the per-step rates and reported apart (`after_training_s`)."""
+    return "iteration" in rec and rec["step"] >= last_step
+
+
 def profile_run(agent, args, top: int = 25) -> tuple[dict, float, int, dict]:
-    """Runs agent.main(args) and profiles it from the first iteration's record to the end.
+    """Runs agent.main(args) and profiles it from the first iteration's record to the last's.
     Returns the seconds in each part (the cumulative time of its functions), the profiled
     seconds, the profiled agent steps, and the `top` functions by their own time (where "other"
     goes)."""
-    profiler, window = cProfile.Profile(), {}
+    profiler, window, last_step = cProfile.Profile(), {}, final_step(args)
     make_update, make_act, record = agent.make_update_step, agent.make_act_step, agent.RunLogger.record
 
     def make_update_step(*a, **k):  # a named function per call site, so that cProfile tells them apart
@@ -126,9 +139,11 @@ def profile_run(agent, args, top: int = 25) -> tuple[dict, float, int, dict]:
         if rec.get("iteration") == 0:
             window["start"] = (rec["step"], time.perf_counter())
             profiler.enable()
-        elif rec.get("final") and "start" in window:
+        elif ends_window(rec, last_step) and "start" in window:
             profiler.disable()
             window["end"] = (rec["step"], time.perf_counter())
+        elif rec.get("final") and "end" in window:
+            window["after"] = time.perf_counter() - window["end"][1]
         record(self, rec)
 
     agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update_step, make_act_step, recording
@@ -146,13 +161,14 @@ def profile_run(agent, args, top: int = 25) -> tuple[dict, float, int, dict]:
     functions = [{"function": f"{os.path.basename(path)}:{line}({func})", "calls_per_agent_step": calls / steps,
                   "own_us_per_agent_step": 1e6 * own / steps, "cumulative_us_per_agent_step": 1e6 * cumulative / steps}
                  for (path, line, func), (_, calls, own, cumulative, _) in own_time]
-    return spent, t1 - t0, steps, {"top_functions": functions}
+    return spent, t1 - t0, steps, {"top_functions": functions, "after_training_s": window.get("after")}
 
 
 def timed_run(agent, args) -> tuple[dict, float, int, dict]:
     """Runs agent.main(args) with clocks on the loop's parts, from the first iteration's record to
-    the end. Returns the seconds in each part, the seconds timed, the agent steps timed and {}."""
-    window, spent, depth = {}, defaultdict(float), [0]
+    the last's. Returns the seconds in each part, the seconds timed, the agent steps timed and the
+    seconds from the window's end to the run's final record."""
+    window, spent, depth, last_step = {}, defaultdict(float), [0], final_step(args)
     cuda = torch.device(args.device).type == "cuda"
 
     def timed(part: str, fn):
@@ -189,9 +205,11 @@ def timed_run(agent, args) -> tuple[dict, float, int, dict]:
         if rec.get("iteration") == 0:
             synchronize()
             window["start"] = (rec["step"], time.perf_counter())
-        elif rec.get("final") and "start" in window:
+        elif ends_window(rec, last_step) and "start" in window:
             synchronize()
             window["end"] = (rec["step"], time.perf_counter())
+        elif rec.get("final") and "end" in window:
+            window["after"] = time.perf_counter() - window["end"][1]
         record(self, rec)
 
     for (owner, name), part in patched.items():
@@ -204,7 +222,7 @@ def timed_run(agent, args) -> tuple[dict, float, int, dict]:
             setattr(*key, fn)
         agent.make_update_step, agent.make_act_step, agent.RunLogger.record = make_update, make_act, record
     (first, t0), (last, t1) = window["start"], window["end"]
-    return dict(spent), t1 - t0, last - first, {}
+    return dict(spent), t1 - t0, last - first, {"after_training_s": window.get("after")}
 
 
 def parts_per_step(spent: dict, seconds: float, steps: int) -> dict:
@@ -258,6 +276,8 @@ def main():
           f"{'with timers' if opts.timers else 'under cProfile'}")
     for part, us in parts.items():
         print(f"  {part:9s} {us:8.1f} us per agent step")
+    if details.get("after_training_s") is not None:
+        print(f"after the window: {details['after_training_s']:.2f} s (the closing checkpoint; not in the rates)")
     if details.get("top_functions"):
         print("functions by their own time (cProfile's overhead included), us per agent step:")
         for f in details["top_functions"][:opts.top]:

@@ -121,8 +121,8 @@ def test_perf_quick_atari100k_agents(tmp_path):
 
 @pytest.mark.parametrize("timers, envs", [(False, "vector"), (False, "one"), (True, "vector"), (True, "child")])
 def test_profile_loop_quick(tmp_path, timers, envs):
-    """profile_loop.py measures the loop after its first iteration (cProfile, or clocks with
-    --timers) and splits each agent step's host time into its parts; the parts are measured and
+    """profile_loop.py measures the loop from its first iteration to its last (cProfile, or clocks
+    with --timers; the closing checkpoint apart) and splits each agent step's host time into its parts; the parts are measured and
     leave time for the rest of the loop, with ale-py's vector env (K = 2) or one environment.
     --emulator-steps times the environments alone, and --emulator-process runs one environment
     in a child process."""
@@ -136,6 +136,7 @@ def test_profile_loop_quick(tmp_path, timers, envs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["profiled_steps"] == 100 and result["profiled_seconds"] > 0
+    assert result["after_training_s"] > 0, "the closing checkpoint is timed apart, outside the window"
     parts = result["us_per_agent_step"]
     assert set(parts) == {"emulator", "act", "update", "replay", "other"} | ({"act_wait"} if timers else set())
     assert all(us > 0 for us in parts.values()), parts

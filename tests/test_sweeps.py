@@ -161,6 +161,34 @@ def test_committed_runs_are_their_sweeps_own(folder, tmp_path):
         assert glob.glob(os.path.join(os.path.dirname(path), "*", "summary.jsonl")), path
 
 
+def test_committed_eval_epsilon_probe_runs_are_its_own(tmp_path):
+    """benchmark/results/eval_epsilon_probe: its savemodel runs are the probe's commands (seeds 1-2,
+    captured flags), and its evaleps runs are what VARIANTS=evaleps lists for those runs' networks
+    (their --eval-model paths taken within the sweep folder, which was the device's); all finished."""
+    committed = os.path.join(ROOT, "benchmark", "results", "eval_epsilon_probe")
+    states = {os.path.basename(os.path.dirname(p)): json.load(open(p))
+              for p in glob.glob(os.path.join(committed, "*", "state.json"))}
+    assert all(state["status"] == "done" for state in states.values())
+    saved = {shlex.join(t) for t in dry_run("eval_epsilon_probe.sh", tmp_path, SEEDS="1 2", EXTRA=CAPTURED)}
+    trained = {run for run, state in states.items() if state["command"] in saved}
+    assert len(saved) == len(trained) == 4
+    for run in trained:  # stand-ins for the networks, which are not committed
+        for folder in glob.glob(os.path.join(committed, run, "*", "")):
+            stand_in = tmp_path / "eval_epsilon_probe" / run / os.path.basename(os.path.dirname(folder))
+            stand_in.mkdir(parents=True)
+            (stand_in / "model.pt").write_bytes(b"")
+
+    def within_sweep(command):
+        tokens = shlex.split(command)
+        i = tokens.index("--eval-model") + 1
+        tokens[i] = os.path.join(*tokens[i].split(os.sep)[-3:])
+        return tuple(tokens)
+    listed = {within_sweep(shlex.join(t)) for t in dry_run("eval_epsilon_probe.sh", tmp_path, SEEDS="1 2", EXTRA=CAPTURED,
+                                                           VARIANTS="evaleps")}
+    evaluated = {within_sweep(state["command"]) for run, state in states.items() if run not in trained}
+    assert len(listed) == 4 and evaluated == listed
+
+
 def test_adam_eps_probe_names_its_epsilon_and_refuses_a_bad_one(tmp_path):
     commands = dry_run("adam_eps_probe.sh", tmp_path, SEEDS="1", GAMES="Pong", ADAM_EPS="1e-6")
     assert [(flag(t, "--exp-name"), flag(t, "--adam-eps"), flag(t, "--moe")) for t in commands] == \

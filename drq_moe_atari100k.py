@@ -2401,17 +2401,26 @@ def evaluation_envs(args: Args, env_id: str, n: int):
                           args.life_loss_frame_skip, noop_frames=noop_frames)
 
 
+def greedy_choice(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The greedy actions of Q-values (B, A), their Q-values, and their lead over the next best
+    action's (where the leads are small everywhere, one action can win in every state)."""
+    best_two = q.float().topk(2, dim=1).values
+    return q.argmax(dim=1), best_two[:, 0], best_two[:, 0] - best_two[:, 1]
+
+
 def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch.Tensor, num_actions: int,
-             rng: np.random.Generator) -> tuple[list[float], list[int], int, list[int]]:
+             rng: np.random.Generator) -> dict:
     """`args.eval_episodes` episodes at once, one per environment of `evaluation_envs`, with
     epsilon `args.eval_epsilon`, random no-op starts (agent steps, or emulator frames taken at
     reset: by ale-py, whose last screen is then the first observation, or by `EmulatorGroups`, whose
     first observation stays the game's first screen), and a fresh frame stack after a
     lost life when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
-    Returns the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), the
-    vector steps taken (every environment is stepped until the longest episode ends), and how often
-    the network chose each action over those agent steps, explored or not: a policy stuck on one
-    action shows there."""
+    `eval_step` returns `greedy_choice` of the network's Q-values. Returns the
+    evaluation's record: the unclipped returns, the episodes' lengths in agent steps (no-ops not
+    counted), the vector steps taken (every environment is stepped until the longest episode
+    ends), how often the network chose each action over those agent steps, explored or not (a
+    policy stuck on one action shows there), and the median over them of the greedy action's Q-value
+    and of its lead over the next best action."""
     n, in_frames = args.eval_episodes, args.noop_unit == "frame"
     envs = evaluation_envs(args, env_id, n)
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
@@ -2420,10 +2429,10 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
     noops = rng.integers(args.max_noops, size=n) if args.max_noops > 0 and not in_frames else np.zeros(n, dtype=np.int64)
     lives, returns, done = info["lives"].copy(), np.zeros(n), np.zeros(n, dtype=bool)
     lengths, vector_steps = np.zeros(n, dtype=np.int64), 0
-    greedy_counts = np.zeros(num_actions, dtype=np.int64)
+    greedy_counts, best_q, margins = np.zeros(num_actions, dtype=np.int64), [], []
     while not done.all():
         eval_input.copy_(torch.from_numpy(stacks))
-        greedy = eval_step().cpu().numpy()
+        greedy, best, margin = (t.cpu().numpy() for t in eval_step())
         random_actions = rng.integers(num_actions, size=n)
         actions = np.where(rng.random(n) < args.eval_epsilon, random_actions, greedy)
         in_noops = noops > 0
@@ -2433,6 +2442,8 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
         returns += np.where(playing, reward, 0.0)
         lengths += playing
         greedy_counts += np.bincount(greedy[playing], minlength=num_actions)
+        margins.append(margin[playing])
+        best_q.append(best[playing])
         vector_steps += 1
         stacks[:, :-1] = stacks[:, 1:]
         stacks[:, -1] = obs[:, -1]
@@ -2441,7 +2452,14 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
         lives, noops = info["lives"].copy(), np.maximum(noops - 1, 0)
         done |= terminated | truncated
     envs.close()
-    return returns.tolist(), lengths.tolist(), vector_steps, greedy_counts.tolist()
+    return {"eval_returns": returns.tolist(), "eval_lengths": lengths.tolist(), "eval_vector_steps": vector_steps,
+            "eval_greedy_counts": greedy_counts.tolist(), "eval_greedy_q_median": median_of(best_q),
+            "eval_q_margin_median": median_of(margins)}
+
+
+def median_of(parts: list[np.ndarray]) -> float:
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    return float(np.median(values)) if len(values) else float("nan")
 
 
 def main(args: Args) -> str:
@@ -2558,7 +2576,7 @@ def main(args: Args) -> str:
     act_host = torch.zeros((K, 4, 84, 84), dtype=torch.uint8, pin_memory=device.type == "cuda")
     pending_actions = PendingActions(K, device)
     eval_input = torch.zeros((args.eval_episodes, 4, 84, 84), dtype=torch.uint8, device=device)
-    eval_step = CapturedStep(torch.no_grad()(lambda: q_net(eval_input)[0].argmax(dim=1)), args.cudagraphs)
+    eval_step = CapturedStep(torch.no_grad()(lambda: greedy_choice(q_net(eval_input)[0])), args.cudagraphs)
 
     def checkpoint_state() -> dict:
         return {
@@ -2584,15 +2602,14 @@ def main(args: Args) -> str:
         alone; noisy experts (DER) draw their noise from torch's generator like training does."""
         set_eval_noise(q_net, args.eval_expert_noise)
         start = time.time()
-        returns, lengths, vector_steps, greedy_counts = evaluate(args, env_id, eval_step, eval_input, num_actions,
-                                                                 np.random.default_rng([args.seed, step]))
+        result = evaluate(args, env_id, eval_step, eval_input, num_actions, np.random.default_rng([args.seed, step]))
         set_noise(q_net, "sample")
+        returns = result["eval_returns"]
         mean = float(np.mean(returns)) if returns else float("nan")
-        logger.scalars({"return": mean, "seconds": time.time() - start}, step, "eval/")
+        logger.scalars({"return": mean, "seconds": time.time() - start, "greedy_q_median": result["eval_greedy_q_median"],
+                        "q_margin_median": result["eval_q_margin_median"]}, step, "eval/")
         logger.record({"eval": True, "step": step, "frames": 4 * step, "eval_return": mean,
-                       "eval_episodes": len(returns), "eval_returns": returns, "eval_lengths": lengths,
-                       "eval_vector_steps": vector_steps, "eval_greedy_counts": greedy_counts,
-                       "eval_seconds": round(time.time() - start, 1),
+                       "eval_episodes": len(returns), **result, "eval_seconds": round(time.time() - start, 1),
                        "eval_threads": evaluation_threads(args, args.eval_episodes)})
         print(f"evaluation at step {step:,}: mean return {mean:.2f} over {len(returns)} episodes "
               f"({time.time() - start:.0f} s)", flush=True)

@@ -7,7 +7,11 @@ For every finished run under the folders given, this compares two returns:
 - the final evaluation's mean return from `summary.jsonl` (epsilon 0.001).
 
 A run collapses when its training return is positive and its evaluation scores below `--below`
-times it. Per experiment name, it prints how many runs collapse, and it lists those runs.
+times it. Per experiment name, it prints how many runs collapse, and it lists those runs with
+what their final evaluation recorded of the network's choices, where it did (runs since
+2026-12-03): the share of the greedy choices that went to the most chosen action (100%: a policy
+stuck on one action) and, since 2026-12-04, the median lead of the greedy action's Q-value over
+the next best action's.
 
     python benchmark/eval_collapse.py benchmark/results/atari100k_fidelity benchmark/results/fig12_16 \\
         benchmark/results/adam_eps_probe --below 0.25 --out benchmark/results/eval_collapse.json
@@ -39,6 +43,20 @@ def training_return(run_dir: str) -> float | None:
     return float(steps[-1][2])
 
 
+def greedy_choices(run_dir: str) -> dict:
+    """From the run's last evaluation record: the most chosen action's share of the greedy choices
+    and the greedy action's median Q-value lead, each None where the record has none."""
+    last = {}
+    with open(os.path.join(run_dir, "summary.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("eval"):
+                last = record
+    counts = last.get("eval_greedy_counts")
+    return {"top_action_share": max(counts) / sum(counts) if counts and sum(counts) else None,
+            "q_margin_median": last.get("eval_q_margin_median")}
+
+
 def finished_runs(folders: list[str]) -> list[dict]:
     """Each finished run under `folders` that has a training return: its experiment name, game,
     seed, training return and final evaluation (aggregate.py's final score)."""
@@ -49,7 +67,7 @@ def finished_runs(folders: list[str]) -> list[dict]:
         training = training_return(path)
         if evaluation is not None and training is not None:
             runs.append({"exp_name": run.config.get("exp_name", ""), "game": run.game, "seed": run.seed,
-                         "training": training, "evaluation": evaluation})
+                         "training": training, "evaluation": evaluation, **greedy_choices(path)})
     if not runs:
         raise UserError("no finished run with a launcher log.txt under those folders")
     return runs
@@ -81,10 +99,13 @@ def main(argv=None) -> int:
     print("|---|---|")
     for name, (bad, total) in sorted(by_name.items()):
         print(f"| {name} | {bad} of {total} |")
-    print("\n| experiment | game | seed | training (last 20 episodes) | evaluation |\n|---|---|---|---|---|")
+    print("\n| experiment | game | seed | training (last 20 episodes) | evaluation | top action | Q-value lead |\n"
+          "|---|---|---|---|---|---|---|")
     for run in runs:
         if run["collapsed"]:
-            print(f"| {run['exp_name']} | {run['game']} | {run['seed']} | {run['training']:.1f} | {run['evaluation']:.1f} |")
+            share, lead = run["top_action_share"], run["q_margin_median"]
+            print(f"| {run['exp_name']} | {run['game']} | {run['seed']} | {run['training']:.1f} | {run['evaluation']:.1f} | "
+                  f"{'-' if share is None else f'{share:.0%}'} | {'-' if lead is None else f'{lead:.3g}'} |")
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump({"below": opts.below, "counts": {n: {"collapsed": b, "runs": t} for n, (b, t) in by_name.items()},

@@ -2,6 +2,7 @@
 has lives) on the CPU, tiny networks, a few hundred steps, evaluation episodes included."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -42,6 +43,7 @@ def test_der_end_to_end(tmp_path):
     assert len(ev["eval_lengths"]) == 2 and 0 < max(ev["eval_lengths"]) <= ev["eval_vector_steps"]
     counts = ev["eval_greedy_counts"]  # the network's choices, one count per action, over the episodes' agent steps
     assert len(counts) == 4 and sum(counts) == sum(ev["eval_lengths"])  # Breakout: 4 actions
+    assert math.isfinite(ev["eval_greedy_q_median"]) and ev["eval_q_margin_median"] >= 0
     assert ev["eval_seconds"] >= 0 and ev["eval_threads"] == min(2, len(os.sched_getaffinity(0)))
     final = recs[-1]
     assert final["final"] and final["agent"] == "der" and final["score"] == ev["eval_return"]

@@ -412,14 +412,25 @@ def test_ten_step_returns_at_episode_ends():
 # 7. evaluation on a real game
 # ------------------------------------------------------------------------------------------
 class FixedPolicy:
-    """eval_step: records the stacks it is shown and returns a fixed action for each env."""
+    """eval_step: records the stacks it is shown and chooses a fixed action for each env, from
+    Q-values that rise by 0.25 an action up to it and fall after it."""
 
-    def __init__(self, eval_input, action):
+    def __init__(self, eval_input, action, num_actions=4):
         self.eval_input, self.action, self.seen = eval_input, action, []
+        self.q = -0.25 * (torch.arange(num_actions) - action).abs().float().expand(eval_input.shape[0], -1)
 
     def __call__(self):
         self.seen.append(self.eval_input.clone())
-        return torch.full((self.eval_input.shape[0],), self.action, dtype=torch.long)
+        return drq.greedy_choice(self.q)
+
+
+def test_greedy_choice_gives_the_argmax_its_q_value_and_its_lead():
+    """Per row: the argmax, its Q-value, and its lead over the second best action, 0 for a tie;
+    half precision Q-values give float32 leads."""
+    q = torch.tensor([[0.5, 2.0, -1.0, 1.5], [3.0, 3.0, 0.0, 0.0], [-2.0, -4.0, -1.0, -3.0]])
+    actions, best, lead = drq.greedy_choice(q)
+    assert actions.tolist() == [1, 0, 2] and best.tolist() == [2.0, 3.0, -1.0] and lead.tolist() == [0.5, 0.0, 1.0]
+    assert drq.greedy_choice(q.half())[2].dtype == torch.float32
 
 
 def run_eval(seed, **kw):
@@ -428,8 +439,9 @@ def run_eval(seed, **kw):
     env_id = drq.resolve_env_id("ALE/Breakout-v5")
     eval_input = torch.zeros((args.eval_episodes, 4, 84, 84), dtype=torch.uint8)
     policy = FixedPolicy(eval_input, action=1)  # FIRE: the ball is launched, the paddle stays
-    returns, lengths, vector_steps, _ = drq.evaluate(args, env_id, policy, eval_input, 4, np.random.default_rng(seed))
-    assert len(lengths) == len(returns) and vector_steps == len(policy.seen)
+    result = drq.evaluate(args, env_id, policy, eval_input, 4, np.random.default_rng(seed))
+    returns, lengths = result["eval_returns"], result["eval_lengths"]
+    assert len(lengths) == len(returns) and result["eval_vector_steps"] == len(policy.seen)
     return returns, torch.stack(policy.seen)
 
 
@@ -458,13 +470,15 @@ def test_evaluate_reports_episode_lengths_without_the_noops():
     network's choices are counted over the same agent steps."""
     args = dataclasses.replace(drq.Args(), eval_episodes=2, max_episode_frames=240, eval_epsilon=0.0, max_noops=10)
     eval_input = torch.zeros((2, 4, 84, 84), dtype=torch.uint8)
-    _, lengths, vector_steps, greedy_counts = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"),
-                                                           FixedPolicy(eval_input, 1), eval_input, 4, np.random.default_rng(1))
+    result = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1), eval_input, 4,
+                          np.random.default_rng(1))
+    lengths = result["eval_lengths"]
     draws = np.random.default_rng(1)
     draws.integers(2**31)
     noops = draws.integers(10, size=2)
-    assert vector_steps == 60 and lengths == [60 - k for k in noops.tolist()]
-    assert greedy_counts == [0, sum(lengths), 0, 0]
+    assert result["eval_vector_steps"] == 60 and lengths == [60 - k for k in noops.tolist()]
+    assert result["eval_greedy_counts"] == [0, sum(lengths), 0, 0]
+    assert result["eval_greedy_q_median"] == 0.0 and result["eval_q_margin_median"] == 0.25
 
 
 def test_evaluate_epsilon_draws_from_the_rng():
@@ -510,8 +524,9 @@ def test_a_cut_evaluation_plays_the_one_environments_episode():
     args = dataclasses.replace(drq.Args(), eval_episodes=2, max_episode_frames=1000, eval_epsilon=0.0, max_noops=0,
                                life_loss_frame_skip="cut_2021")
     eval_input = torch.zeros((2, 4, 84, 84), dtype=torch.uint8)
-    returns, lengths, _, _ = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1),
-                                          eval_input, 4, np.random.default_rng(0))
+    result = drq.evaluate(args, drq.resolve_env_id("ALE/Breakout-v5"), FixedPolicy(eval_input, 1), eval_input, 4,
+                          np.random.default_rng(0))
+    returns, lengths = result["eval_returns"], result["eval_lengths"]
     assert returns == [total, total] and lengths == [length, length]
     assert terminated and 4 * length > env.unwrapped.ale.getEpisodeFrameNumber()
 
@@ -526,8 +541,9 @@ def test_a_cut_evaluation_takes_its_no_op_frames_at_reset():
     args = dataclasses.replace(drq.Args(), eval_episodes=3, max_episode_frames=600, eval_epsilon=0.0, max_noops=30,
                                noop_unit="frame", life_loss_frame_skip="cut")
     eval_input = torch.zeros((3, 4, 84, 84), dtype=torch.uint8)
-    policy = FixedPolicy(eval_input, 1)
-    returns, lengths, _, _ = drq.evaluate(args, env_id, policy, eval_input, 9, np.random.default_rng(4))
+    policy = FixedPolicy(eval_input, 1, num_actions=9)
+    result = drq.evaluate(args, env_id, policy, eval_input, 9, np.random.default_rng(4))
+    returns, lengths = result["eval_returns"], result["eval_lengths"]
     draws = np.random.default_rng(int(np.random.default_rng(4).integers(2**31)))
     seeds, noops = draws.integers(2**31, size=3), draws.integers(30, size=3)
     for e, (seed, k) in enumerate(zip(seeds.tolist(), noops.tolist())):

@@ -377,9 +377,10 @@ def test_life_loss_phase_counts_the_cut_frame_skips(tmp_path):
     assert pong["lives_lost_per_episode"] == 0 and pong["share_of_steps_at_another_phase"] == 0
 
 
-def fake_launcher_run(folder, name, training_line, final):
+def fake_launcher_run(folder, name, training_line, final, choices=None):
     """A launcher run folder: the agent's printed training line in log.txt and, if `final` is
-    given, a finished run folder (config.json, summary.jsonl) with that evaluation return."""
+    given, a finished run folder (config.json, summary.jsonl) with that evaluation return and the
+    evaluation record's fields `choices`."""
     run = os.path.join(folder, f"{name}__s1__abcd1234")
     os.makedirs(os.path.join(run, "agent_run"))
     with open(os.path.join(run, "log.txt"), "w") as f:
@@ -389,14 +390,17 @@ def fake_launcher_run(folder, name, training_line, final):
         with open(os.path.join(run, "agent_run", "config.json"), "w") as f:
             json.dump({"exp_name": name.split("__")[0], "env_id": f"ALE/{name.split('__')[1]}-v5", "seed": 1}, f)
         with open(os.path.join(run, "agent_run", "summary.jsonl"), "w") as f:
-            f.write(json.dumps({"eval": True, "step": 100000, "eval_return": final[1]}) + "\n")
+            f.write(json.dumps({"eval": True, "step": 100000, "eval_return": final[1], **(choices or {})}) + "\n")
             f.write(json.dumps({"final": True, "game": name.split("__")[1], "seed": 1, "eval_return": final[1]}) + "\n")
 
 
 def test_eval_collapse_finds_the_runs_that_play_in_training_only(tmp_path):
     """A run collapses when its training return (the last training line of log.txt) is positive
-    and its final evaluation is below --below times it; unfinished runs are left out."""
-    fake_launcher_run(tmp_path, "soft__Hero", "98,000/100,000", (3253.5, 0.0))
+    and its final evaluation is below --below times it; unfinished runs are left out; where the
+    evaluation recorded the network's choices, the most chosen action's share and the median
+    Q-value lead come with the run."""
+    fake_launcher_run(tmp_path, "soft__Hero", "98,000/100,000", (3253.5, 0.0),
+                      {"eval_greedy_counts": [0, 30, 10, 0], "eval_q_margin_median": 0.0125})
     fake_launcher_run(tmp_path, "soft__Kangaroo", "98,000/100,000", (400.0, 150.0))
     fake_launcher_run(tmp_path, "none__Pong", "98,000/100,000", (-20.0, -21.0))
     fake_launcher_run(tmp_path, "none__Alien", "50,000/100,000", None)
@@ -409,9 +413,11 @@ def test_eval_collapse_finds_the_runs_that_play_in_training_only(tmp_path):
     assert result["counts"] == {"soft": {"collapsed": 1, "runs": 2}, "none": {"collapsed": 0, "runs": 1}}
     assert [(r["game"], r["training"], r["collapsed"]) for r in result["runs"]] == \
         [("Pong", -20.0, False), ("Hero", 3253.5, True), ("Kangaroo", 400.0, False)]
-    assert "| soft | Hero | 1 | 3253.5 | 0.0 |" in proc.stdout
+    assert [(r["top_action_share"], r["q_margin_median"]) for r in result["runs"]] == [(None, None), (0.75, 0.0125),
+                                                                                     (None, None)]
+    assert "| soft | Hero | 1 | 3253.5 | 0.0 | 75% | 0.0125 |" in proc.stdout
     proc = subprocess.run([sys.executable, script, str(tmp_path), "--below", "0.5"], capture_output=True, text=True, timeout=60)
-    assert "| soft | Kangaroo | 1 | 400.0 | 150.0 |" in proc.stdout
+    assert "| soft | Kangaroo | 1 | 400.0 | 150.0 | - | - |" in proc.stdout
     proc = subprocess.run([sys.executable, script, str(tmp_path / "none__Alien__s1__abcd1234")], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "no finished run" in proc.stderr

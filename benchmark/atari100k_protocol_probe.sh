@@ -42,13 +42,10 @@ check_choices VARIANTS "2021 fp32 shiftbatch noopframe oldrom savemodel swapeval
 
 # swapeval_commands: the evaluations of the finished savemodel runs of these games and seeds
 swapeval_commands() {
-  local model run trained game seed name unit
-  for model in $(ls "$RUNS_DIR/$SWEEP"/drq_save{step,frame}_100k__*/*/model.pt 2>/dev/null); do
-    run=$(basename "$(dirname "$(dirname "$model")")")  # <exp-name>__<game>__s<seed>__<hash>
-    IFS=' ' read -r trained game seed <<< "$(echo "$run" | sed -E 's/^(.*)__(.*)__s([^_]*)__[^_]*$/\1 \2 \3/')"
-    [[ " $games " == *" $game "* && " $(seeds | tr '\n' ' ') " == *" $seed "* ]] || continue
+  local trained game seed model name unit
+  saved_models drq_savestep_100k drq_saveframe_100k | while read -r trained game seed model; do
     if [[ $trained == drq_savestep_100k ]]; then name=drq_savestep_evalframe_100k unit=frame; else name=drq_saveframe_evalstep_100k unit=step; fi
-    echo "python drq_moe_atari100k.py --exp-name $name --env-id $game --seed $seed --moe none --noop-unit $unit --eval-model $(realpath "$model") $EXTRA"
+    echo "python drq_moe_atari100k.py --exp-name $name --env-id $game --seed $seed --moe none --noop-unit $unit --eval-model $model $EXTRA"
   done
 }
 if [[ " $VARIANTS " == *" swapeval "* ]]; then

@@ -30,12 +30,9 @@ fi
 
 # evaleps_commands: the evaluations of the finished savemodel runs of these games and seeds
 evaleps_commands() {
-  local model run game seed
-  for model in $(ls "$RUNS_DIR/$SWEEP"/drq_soft_e4_save_100k__*/*/model.pt 2>/dev/null); do
-    run=$(basename "$(dirname "$(dirname "$model")")")  # drq_soft_e4_save_100k__<game>__s<seed>__<hash>
-    IFS=' ' read -r game seed <<< "$(echo "$run" | sed -E 's/^drq_soft_e4_save_100k__(.*)__s([^_]*)__[^_]*$/\1 \2/')"
-    [[ " $games " == *" $game "* && " $(seeds | tr '\n' ' ') " == *" $seed "* ]] || continue
-    echo "python drq_moe_atari100k.py --exp-name drq_soft_e4_save_evaleps${EVAL_EPSILON}_100k --env-id $game --seed $seed --moe soft --num-experts 4 --eval-epsilon $EVAL_EPSILON --eval-model $(realpath "$model") $EXTRA"
+  local trained game seed model
+  saved_models drq_soft_e4_save_100k | while read -r trained game seed model; do
+    echo "python drq_moe_atari100k.py --exp-name drq_soft_e4_save_evaleps${EVAL_EPSILON}_100k --env-id $game --seed $seed --moe soft --num-experts 4 --eval-epsilon $EVAL_EPSILON --eval-model $model $EXTRA"
   done
 }
 if [[ " $VARIANTS " == *" evaleps "* ]]; then

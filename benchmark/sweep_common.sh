@@ -51,6 +51,21 @@ seeds() { printf '%s\n' $seed_list; }
 
 snake() { echo "$1" | sed -E 's/([a-z])([A-Z])/\1_\2/g' | tr '[:upper:]' '[:lower:]'; }  # BankHeist -> bank_heist
 
+# saved_models EXP_NAME...: "<exp-name> <game> <seed> <full path of model.pt>", one line per finished
+# run of these experiments in the sweep's folder that kept its network (--save-model), for the games
+# ($games) and seeds the sweep asks for
+saved_models() {
+  local name model run game seed
+  for name in "$@"; do
+    for model in $(ls "$RUNS_DIR/$SWEEP/${name}__"*/*/model.pt 2>/dev/null); do
+      run=$(basename "$(dirname "$(dirname "$model")")")  # <exp-name>__<game>__s<seed>__<hash>
+      IFS=' ' read -r game seed <<< "$(echo "${run#"${name}__"}" | sed -E 's/^(.*)__s([^_]*)__[^_]*$/\1 \2/')"
+      [[ " $games " == *" $game "* && " $(seeds | tr '\n' ' ') " == *" $seed "* ]] && echo "$name $game $seed $(realpath "$model")"
+    done
+  done
+  return 0
+}
+
 # old_rom_flag GAME: "--rom-file <full path>" for a game of OLD_ROM_GAMES when ROM_DIR is set, else nothing
 old_rom_flag() {
   [[ -n ${ROM_DIR:-} && " $OLD_ROM_GAMES " == *" $1 "* ]] && echo " --rom-file $(realpath "$ROM_DIR/$(snake "$1").bin")"

@@ -2413,12 +2413,12 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
     reset: by ale-py, whose last screen is then the first observation, or by `EmulatorGroups`, whose
     first observation stays the game's first screen), and a fresh frame stack after a
     lost life when --terminal-on-life-loss. An episode ends at game over or after --max-episode-frames.
-    `eval_step` returns `greedy_choice` of the network's Q-values. Returns the
-    evaluation's record: the unclipped returns, the episodes' lengths in agent steps (no-ops not
-    counted), the vector steps taken (every environment is stepped until the longest episode
-    ends), how often the network chose each action over those agent steps, explored or not (a
-    policy stuck on one action shows there), and the median over them of the greedy action's Q-value
-    and of its lead over the next best action."""
+    `eval_step` returns `greedy_choice` of the network's Q-values. Returns the evaluation's record:
+    the unclipped returns, the episodes' lengths in agent steps (no-ops not counted), the vector
+    steps taken (every environment is stepped until the longest episode ends), how often the
+    network chose each action over those agent steps, explored or not (a policy stuck on one
+    action shows there), and the median over them of the greedy action's Q-value and of its lead
+    over the next best action."""
     n, in_frames = args.eval_episodes, args.noop_unit == "frame"
     envs = evaluation_envs(args, env_id, n)
     obs, info = envs.reset(seed=int(rng.integers(2**31)))
@@ -2456,6 +2456,7 @@ def evaluate(args: Args, env_id: str, eval_step: CapturedStep, eval_input: torch
 
 
 def median_of(parts: list[np.ndarray]) -> float:
+    """The median of all the values in `parts`; NaN where there are none."""
     values = np.concatenate(parts) if parts else np.zeros(0)
     return float(np.median(values)) if len(values) else float("nan")
 
